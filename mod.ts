@@ -1,0 +1,962 @@
+/**
+ * Typed channels between processes, after Rust's
+ * [servo/ipc-channel](https://github.com/servo/ipc-channel): `send`/`recv`
+ * across process boundaries, with channels themselves sendable inside
+ * messages. Built on the OS's own IPC through `Deno.dlopen`; needs only
+ * `--allow-ffi`.
+ *
+ * @example A reply channel inside a message
+ * ```ts
+ * import { channel, type IpcSender } from "@ipc/channel";
+ *
+ * type Request = { n: number; reply: IpcSender<number> };
+ * const [tx, rx] = channel<Request>();
+ * const [replyTx, replyRx] = channel<number>();
+ * tx.send({ n: 20, reply: replyTx });
+ * const request = await rx.recv();
+ * request.reply.send(request.n + 1);
+ * console.log(await replyRx.recv()); // 21
+ * for (const end of [tx, rx, replyTx, replyRx, request.reply]) end.close();
+ * ```
+ *
+ * @module
+ */
+
+import { platform } from "./platform/mod.ts";
+import {
+  IpcError,
+  type OsIncomingHandle,
+  type OsMessage,
+  type OsReceiver,
+  type OsSender,
+  type OsServer,
+  type OsTransferable,
+} from "./platform/types.ts";
+import { Codec } from "./serde/codec.ts";
+
+export {
+  IpcError,
+  type IpcErrorKind,
+  type PeerCredentials,
+} from "./platform/types.ts";
+
+/** Options for a wait that can be cancelled. */
+export interface RecvOptions {
+  /** Rejects the wait with the signal's reason when it aborts. */
+  signal?: AbortSignal;
+}
+
+let wrapSender: <T>(os: OsSender) => IpcSender<T>;
+let wrapReceiver: <T>(os: OsReceiver) => IpcReceiver<T>;
+let wrapBytesSender: (os: OsSender) => IpcBytesSender;
+let wrapBytesReceiver: (os: OsReceiver) => IpcBytesReceiver;
+let wrapOpaqueSender: (os: OsSender) => OpaqueIpcSender;
+let wrapOpaqueReceiver: (os: OsReceiver) => OpaqueIpcReceiver;
+let senderOs: (endpoint: IpcSender<unknown>) => OsSender;
+let receiverOs: (endpoint: IpcReceiver<unknown>) => OsReceiver;
+let bytesSenderOs: (endpoint: IpcBytesSender) => OsSender;
+let bytesReceiverOs: (endpoint: IpcBytesReceiver) => OsReceiver;
+let opaqueSenderOs: (endpoint: OpaqueIpcSender) => OsSender;
+let opaqueReceiverOs: (endpoint: OpaqueIpcReceiver) => OsReceiver;
+
+/** Holds an OS endpoint until it is closed or moved into another wrapper. */
+class Slot<Os extends { close(): void; readonly closedReason?: string }> {
+  #os: Os | undefined;
+  #movedTo = "";
+
+  constructor(os: Os) {
+    this.#os = os;
+  }
+
+  get(what: string): Os {
+    if (this.#os === undefined) {
+      throw new IpcError("Closed", `this ${what} was ${this.#movedTo}`);
+    }
+    return this.#os;
+  }
+
+  take(what: string, movedTo: string): Os {
+    const os = this.get(what);
+    this.#os = undefined;
+    this.#movedTo = movedTo;
+    return os;
+  }
+
+  close(): void {
+    this.#os?.close();
+    this.#os = undefined;
+    this.#movedTo ||= "closed";
+  }
+}
+
+function decode<T>(message: OsMessage): T {
+  return codec().decode(message.data, message.handles) as T;
+}
+
+function bytesOf(message: OsMessage): Uint8Array {
+  for (const handle of message.handles) handle.close();
+  return message.data;
+}
+
+function empty(): IpcError {
+  return new IpcError("Empty", "no message is waiting");
+}
+
+async function* iterate<T>(
+  next: () => Promise<T>,
+): AsyncGenerator<T, void, undefined> {
+  for (;;) {
+    try {
+      yield await next();
+    } catch (error) {
+      if (error instanceof IpcError && error.kind === "Disconnected") return;
+      throw error;
+    }
+  }
+}
+
+/**
+ * The sending end of a typed channel. Cloneable, and sendable inside
+ * messages (it stays usable here: the receiving process gets its own handle).
+ *
+ * `send` never blocks: what the OS cannot take yet waits in this process and
+ * is flushed as the reader drains (see {@linkcode IpcSender.bufferedAmount}).
+ *
+ * @example
+ * ```ts
+ * import { channel } from "@ipc/channel";
+ * const [tx, rx] = channel<{ id: number; tags: Set<string> }>();
+ * tx.send({ id: 1, tags: new Set(["a"]) });
+ * console.log((await rx.recv()).id); // 1
+ * tx.close();
+ * rx.close();
+ * ```
+ */
+export class IpcSender<T> {
+  readonly #slot: Slot<OsSender>;
+
+  private constructor(os: OsSender) {
+    this.#slot = new Slot(os);
+  }
+
+  static {
+    wrapSender = <T>(os: OsSender) => new IpcSender<T>(os);
+    senderOs = (endpoint) => endpoint.#slot.get("sender");
+  }
+
+  /**
+   * Connects to a server by the name it published
+   * ({@linkcode IpcOneShotServer.name}). Throws kind "Io" when no server
+   * listens there.
+   *
+   * @example
+   * ```ts
+   * import { IpcOneShotServer, IpcSender } from "@ipc/channel";
+   * using server = new IpcOneShotServer<string>();
+   * using tx = IpcSender.connect<string>(server.name);
+   * tx.send("hello");
+   * const [rx, first] = await server.accept();
+   * console.log(first); // "hello"
+   * rx.close();
+   * ```
+   */
+  static connect<T>(name: string): IpcSender<T> {
+    return new IpcSender<T>(platform().connect(name));
+  }
+
+  /**
+   * Encodes `value` and sends it. Throws kind "Serialization" (and sends
+   * nothing) for a value that cannot travel, "Disconnected" once the
+   * receiver is gone, "Closed" after {@linkcode IpcSender.close}.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<number[]>();
+   * tx.send([1, 2, 3]);
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  send(value: T): void {
+    const os = this.#slot.get("sender");
+    const { bytes, handles } = codec().encode(value);
+    os.send(bytes, handles);
+  }
+
+  /**
+   * Bytes sent but not yet taken by the OS, like `WebSocket.bufferedAmount`.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<string>();
+   * tx.send("x");
+   * console.log(tx.bufferedAmount); // 0: the socket took it
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  get bufferedAmount(): number {
+    return this.#slot.get("sender").bufferedAmount;
+  }
+
+  /**
+   * Resolves once {@linkcode IpcSender.bufferedAmount} is at most
+   * `threshold`: the way for a fast producer to bound its memory.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<Uint8Array>();
+   * tx.send(new Uint8Array(1024));
+   * await tx.drained(0);
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  drained(threshold = 0, options?: RecvOptions): Promise<void> {
+    try {
+      return this.#slot.get("sender").drained(threshold, options);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /**
+   * Another sender on the same channel, closed independently.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<string>();
+   * using second = tx.clone();
+   * second.send("from the clone");
+   * tx.close();
+   * console.log(await rx.recv()); // "from the clone"
+   * rx.close();
+   * ```
+   */
+  clone(): IpcSender<T> {
+    return new IpcSender<T>(this.#slot.get("sender").clone());
+  }
+
+  /**
+   * The type-erased sender; this one becomes unusable.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * using typed = tx.toOpaque().to<number>();
+   * typed.send(7);
+   * rx.close();
+   * ```
+   */
+  toOpaque(): OpaqueIpcSender {
+    return wrapOpaqueSender(this.#slot.take("sender", "made opaque"));
+  }
+
+  /**
+   * Releases the OS handle. Messages still queued are delivered first.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  close(): void {
+    this.#slot.close();
+  }
+
+  /** Same as {@linkcode IpcSender.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * The receiving end of a typed channel. Sendable inside messages: once sent,
+ * it is unusable here (kind "Closed") and lives on in the other process.
+ *
+ * @example Iterating until every sender is gone
+ * ```ts
+ * import { channel } from "@ipc/channel";
+ * const [tx, rx] = channel<number>();
+ * tx.send(1);
+ * tx.send(2);
+ * tx.close();
+ * for await (const n of rx) console.log(n); // 1, 2
+ * rx.close();
+ * ```
+ */
+export class IpcReceiver<T> {
+  readonly #slot: Slot<OsReceiver>;
+
+  private constructor(os: OsReceiver) {
+    this.#slot = new Slot(os);
+  }
+
+  static {
+    wrapReceiver = <T>(os: OsReceiver) => new IpcReceiver<T>(os);
+    receiverOs = (endpoint) => endpoint.#slot.get("receiver");
+  }
+
+  /**
+   * Waits for the next message without blocking the event loop. Rejects
+   * kind "Disconnected" once every sender is gone and the queue is empty.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<string>();
+   * tx.send("hi");
+   * console.log(await rx.recv({ signal: AbortSignal.timeout(1000) }));
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  async recv(options?: RecvOptions): Promise<T> {
+    return decode<T>(await this.#slot.get("receiver").recv(options));
+  }
+
+  /**
+   * Blocks the whole thread until a message arrives. For scripts and
+   * workers that have nothing else to do; prefer {@linkcode IpcReceiver.recv}.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * tx.send(5);
+   * console.log(rx.recvSync()); // 5
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  recvSync(): T {
+    return decode<T>(this.#slot.get("receiver").recvSync());
+  }
+
+  /**
+   * The next message if one is waiting; throws kind "Empty" if none is.
+   *
+   * @example
+   * ```ts
+   * import { channel, IpcError } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * try {
+   *   rx.tryRecv();
+   * } catch (e) {
+   *   console.log(e instanceof IpcError && e.kind); // "Empty"
+   * }
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  tryRecv(): T {
+    const message = this.#slot.get("receiver").tryRecv();
+    if (message === undefined) throw empty();
+    return decode<T>(message);
+  }
+
+  /**
+   * Waits at most `ms` milliseconds; rejects kind "Empty" after that.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * await rx.tryRecvTimeout(10).catch((e) => console.log(e.kind)); // "Empty"
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  async tryRecvTimeout(ms: number, options?: RecvOptions): Promise<T> {
+    const os = this.#slot.get("receiver");
+    return decode<T>(await os.recv({ ...options, timeoutMs: ms }));
+  }
+
+  /**
+   * Yields messages until every sender is gone.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<string>();
+   * tx.send("only");
+   * tx.close();
+   * for await (const text of rx) console.log(text);
+   * rx.close();
+   * ```
+   */
+  [Symbol.asyncIterator](): AsyncGenerator<T, void, undefined> {
+    return iterate(() => this.recv());
+  }
+
+  /**
+   * The type-erased receiver; this one becomes unusable.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * using typed = rx.toOpaque().to<number>();
+   * tx.send(3);
+   * console.log(await typed.recv()); // 3
+   * tx.close();
+   * ```
+   */
+  toOpaque(): OpaqueIpcReceiver {
+    return wrapOpaqueReceiver(this.#slot.take("receiver", "made opaque"));
+  }
+
+  /**
+   * Releases the OS handle; pending waits reject with kind "Closed".
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * rx.close();
+   * tx.close();
+   * ```
+   */
+  close(): void {
+    this.#slot.close();
+  }
+
+  /** Same as {@linkcode IpcReceiver.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * The sending end of a raw bytes channel: no codec, no endpoints inside.
+ *
+ * @example
+ * ```ts
+ * import { bytesChannel } from "@ipc/channel";
+ * const [tx, rx] = bytesChannel();
+ * tx.send(new Uint8Array([1, 2, 3]));
+ * console.log(await rx.recv()); // Uint8Array(3) [1, 2, 3]
+ * tx.close();
+ * rx.close();
+ * ```
+ */
+export class IpcBytesSender {
+  readonly #slot: Slot<OsSender>;
+
+  private constructor(os: OsSender) {
+    this.#slot = new Slot(os);
+  }
+
+  static {
+    wrapBytesSender = (os) => new IpcBytesSender(os);
+    bytesSenderOs = (endpoint) => endpoint.#slot.get("sender");
+  }
+
+  /**
+   * Sends a copy of `bytes`; the caller may reuse the buffer at once.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * tx.send(new TextEncoder().encode("hi"));
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  send(bytes: Uint8Array): void {
+    if (!(bytes instanceof Uint8Array)) {
+      throw new IpcError("Serialization", "IpcBytesSender sends a Uint8Array");
+    }
+    this.#slot.get("sender").send(bytes, []);
+  }
+
+  /**
+   * Bytes sent but not yet taken by the OS.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * console.log(tx.bufferedAmount); // 0
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  get bufferedAmount(): number {
+    return this.#slot.get("sender").bufferedAmount;
+  }
+
+  /**
+   * Resolves once at most `threshold` bytes are queued.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * await tx.drained();
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  drained(threshold = 0, options?: RecvOptions): Promise<void> {
+    try {
+      return this.#slot.get("sender").drained(threshold, options);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /**
+   * Another sender on the same channel.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * using copy = tx.clone();
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  clone(): IpcBytesSender {
+    return new IpcBytesSender(this.#slot.get("sender").clone());
+  }
+
+  /**
+   * Releases the OS handle after queued messages are delivered.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  close(): void {
+    this.#slot.close();
+  }
+
+  /** Same as {@linkcode IpcBytesSender.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * The receiving end of a raw bytes channel.
+ *
+ * @example
+ * ```ts
+ * import { bytesChannel } from "@ipc/channel";
+ * const [tx, rx] = bytesChannel();
+ * tx.send(new Uint8Array(4));
+ * console.log(rx.recvSync().length); // 4
+ * tx.close();
+ * rx.close();
+ * ```
+ */
+export class IpcBytesReceiver {
+  readonly #slot: Slot<OsReceiver>;
+
+  private constructor(os: OsReceiver) {
+    this.#slot = new Slot(os);
+  }
+
+  static {
+    wrapBytesReceiver = (os) => new IpcBytesReceiver(os);
+    bytesReceiverOs = (endpoint) => endpoint.#slot.get("receiver");
+  }
+
+  /**
+   * Waits for the next message; see {@linkcode IpcReceiver.recv}.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * tx.send(new Uint8Array([9]));
+   * console.log((await rx.recv())[0]); // 9
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  async recv(options?: RecvOptions): Promise<Uint8Array> {
+    return bytesOf(await this.#slot.get("receiver").recv(options));
+  }
+
+  /**
+   * Blocks the thread until a message arrives.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * tx.send(new Uint8Array(2));
+   * console.log(rx.recvSync().length); // 2
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  recvSync(): Uint8Array {
+    return bytesOf(this.#slot.get("receiver").recvSync());
+  }
+
+  /**
+   * The next message if one is waiting; throws kind "Empty" if none is.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * tx.send(new Uint8Array(1));
+   * console.log(rx.tryRecv().length); // 1
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  tryRecv(): Uint8Array {
+    const message = this.#slot.get("receiver").tryRecv();
+    if (message === undefined) throw empty();
+    return bytesOf(message);
+  }
+
+  /**
+   * Waits at most `ms` milliseconds; rejects kind "Empty" after that.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * await rx.tryRecvTimeout(5).catch((e) => console.log(e.kind)); // "Empty"
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  async tryRecvTimeout(
+    ms: number,
+    options?: RecvOptions,
+  ): Promise<Uint8Array> {
+    const os = this.#slot.get("receiver");
+    return bytesOf(await os.recv({ ...options, timeoutMs: ms }));
+  }
+
+  /**
+   * Yields messages until every sender is gone.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * tx.send(new Uint8Array(1));
+   * tx.close();
+   * for await (const bytes of rx) console.log(bytes.length);
+   * rx.close();
+   * ```
+   */
+  [Symbol.asyncIterator](): AsyncGenerator<Uint8Array, void, undefined> {
+    return iterate(() => this.recv());
+  }
+
+  /**
+   * Releases the OS handle; pending waits reject with kind "Closed".
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * rx.close();
+   * tx.close();
+   * ```
+   */
+  close(): void {
+    this.#slot.close();
+  }
+
+  /** Same as {@linkcode IpcBytesReceiver.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * A sender whose message type is not known here (Rust's `OpaqueIpcSender`).
+ * Sendable inside messages; {@linkcode OpaqueIpcSender.to} gives it a type.
+ *
+ * @example
+ * ```ts
+ * import { channel, type OpaqueIpcSender } from "@ipc/channel";
+ * const [tx, rx] = channel<number>();
+ * const opaque: OpaqueIpcSender = tx.toOpaque();
+ * using typed = opaque.to<number>();
+ * rx.close();
+ * ```
+ */
+export class OpaqueIpcSender {
+  readonly #slot: Slot<OsSender>;
+
+  private constructor(os: OsSender) {
+    this.#slot = new Slot(os);
+  }
+
+  static {
+    wrapOpaqueSender = (os) => new OpaqueIpcSender(os);
+    opaqueSenderOs = (endpoint) => endpoint.#slot.get("opaque sender");
+  }
+
+  /**
+   * The typed sender; this opaque one becomes unusable. The type is not
+   * checked: it is the caller's promise.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<string>();
+   * using typed = tx.toOpaque().to<string>();
+   * rx.close();
+   * ```
+   */
+  to<T>(): IpcSender<T> {
+    return wrapSender<T>(this.#slot.take("opaque sender", "made typed"));
+  }
+
+  /**
+   * Releases the OS handle.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<string>();
+   * tx.toOpaque().close();
+   * rx.close();
+   * ```
+   */
+  close(): void {
+    this.#slot.close();
+  }
+
+  /** Same as {@linkcode OpaqueIpcSender.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * A receiver whose message type is not known here.
+ *
+ * @example
+ * ```ts
+ * import { channel } from "@ipc/channel";
+ * const [tx, rx] = channel<number>();
+ * using typed = rx.toOpaque().to<number>();
+ * tx.close();
+ * ```
+ */
+export class OpaqueIpcReceiver {
+  readonly #slot: Slot<OsReceiver>;
+
+  private constructor(os: OsReceiver) {
+    this.#slot = new Slot(os);
+  }
+
+  static {
+    wrapOpaqueReceiver = (os) => new OpaqueIpcReceiver(os);
+    opaqueReceiverOs = (endpoint) => endpoint.#slot.get("opaque receiver");
+  }
+
+  /**
+   * The typed receiver; this opaque one becomes unusable.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * using typed = rx.toOpaque().to<number>();
+   * tx.close();
+   * ```
+   */
+  to<T>(): IpcReceiver<T> {
+    return wrapReceiver<T>(this.#slot.take("opaque receiver", "made typed"));
+  }
+
+  /**
+   * Releases the OS handle.
+   *
+   * @example
+   * ```ts
+   * import { channel } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * rx.toOpaque().close();
+   * tx.close();
+   * ```
+   */
+  close(): void {
+    this.#slot.close();
+  }
+
+  /** Same as {@linkcode OpaqueIpcReceiver.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+let codecInstance: Codec<OsTransferable, OsIncomingHandle> | undefined;
+
+/** The process's codec, made on first use (its extensions are global). */
+function codec(): Codec<OsTransferable, OsIncomingHandle> {
+  codecInstance ??= new Codec<OsTransferable, OsIncomingHandle>([
+    {
+      Class: IpcSender,
+      toHandle: senderOs,
+      fromHandle: (h) => wrapSender(h.intoSender()),
+    },
+    {
+      Class: IpcReceiver,
+      toHandle: receiverOs,
+      fromHandle: (h) => wrapReceiver(h.intoReceiver()),
+    },
+    {
+      Class: IpcBytesSender,
+      toHandle: bytesSenderOs,
+      fromHandle: (h) => wrapBytesSender(h.intoSender()),
+    },
+    {
+      Class: IpcBytesReceiver,
+      toHandle: bytesReceiverOs,
+      fromHandle: (h) => wrapBytesReceiver(h.intoReceiver()),
+    },
+    {
+      Class: OpaqueIpcSender,
+      toHandle: opaqueSenderOs,
+      fromHandle: (h) => wrapOpaqueSender(h.intoSender()),
+    },
+    {
+      Class: OpaqueIpcReceiver,
+      toHandle: opaqueReceiverOs,
+      fromHandle: (h) => wrapOpaqueReceiver(h.intoReceiver()),
+    },
+  ]);
+  return codecInstance;
+}
+
+/**
+ * A new typed channel (Rust's `ipc::channel()`).
+ *
+ * @example
+ * ```ts
+ * import { channel } from "@ipc/channel";
+ * const [tx, rx] = channel<{ x: number }>();
+ * tx.send({ x: 1 });
+ * console.log(rx.recvSync().x); // 1
+ * tx.close();
+ * rx.close();
+ * ```
+ */
+export function channel<T>(): [IpcSender<T>, IpcReceiver<T>] {
+  const [sender, receiver] = platform().channel();
+  return [wrapSender<T>(sender), wrapReceiver<T>(receiver)];
+}
+
+/**
+ * A new raw bytes channel (Rust's `ipc::bytes_channel()`).
+ *
+ * @example
+ * ```ts
+ * import { bytesChannel } from "@ipc/channel";
+ * const [tx, rx] = bytesChannel();
+ * tx.send(new Uint8Array([1]));
+ * console.log(rx.recvSync()[0]); // 1
+ * tx.close();
+ * rx.close();
+ * ```
+ */
+export function bytesChannel(): [IpcBytesSender, IpcBytesReceiver] {
+  const [sender, receiver] = platform().channel();
+  return [wrapBytesSender(sender), wrapBytesReceiver(receiver)];
+}
+
+/**
+ * Bootstraps a channel between two processes: publish
+ * {@linkcode IpcOneShotServer.name} (e.g. in an environment variable), let
+ * the other process {@linkcode IpcSender.connect} to it, then
+ * {@linkcode IpcOneShotServer.accept}. Either side may go first. The name is
+ * a socket in a fresh directory only this user can enter, removed on
+ * `close()`, on accept, and at normal exit.
+ *
+ * @example
+ * ```ts
+ * import { IpcOneShotServer, IpcSender } from "@ipc/channel";
+ * using server = new IpcOneShotServer<number>();
+ * const tx = IpcSender.connect<number>(server.name);
+ * tx.send(42);
+ * const [rx, first] = await server.accept();
+ * console.log(first); // 42
+ * tx.close();
+ * rx.close();
+ * ```
+ */
+export class IpcOneShotServer<T> {
+  /** What the client passes to {@linkcode IpcSender.connect}. */
+  readonly name: string;
+  readonly #os: OsServer;
+
+  /** Listens at a fresh private name. */
+  constructor() {
+    this.#os = platform().listen();
+    this.name = this.#os.name;
+  }
+
+  /**
+   * Waits for the client and its first message. The server closes once a
+   * client connects: one server, one client.
+   *
+   * @example
+   * ```ts
+   * import { IpcOneShotServer, IpcSender } from "@ipc/channel";
+   * const server = new IpcOneShotServer<string>();
+   * using tx = IpcSender.connect<string>(server.name);
+   * tx.send("first");
+   * const [rx, first] = await server.accept();
+   * console.log(first);
+   * rx.close();
+   * ```
+   */
+  async accept(options?: RecvOptions): Promise<[IpcReceiver<T>, T]> {
+    const accepted = await this.#os.accept(options);
+    this.#os.close();
+    const receiver = wrapReceiver<T>(accepted.receiver);
+    try {
+      return [receiver, await receiver.recv(options)];
+    } catch (error) {
+      receiver.close();
+      throw error;
+    }
+  }
+
+  /**
+   * Stops listening and removes the name.
+   *
+   * @example
+   * ```ts
+   * import { IpcOneShotServer } from "@ipc/channel";
+   * new IpcOneShotServer<string>().close();
+   * ```
+   */
+  close(): void {
+    this.#os.close();
+  }
+
+  /** Same as {@linkcode IpcOneShotServer.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

@@ -1,0 +1,1075 @@
+/**
+ * Linux backend: `AF_UNIX` `SOCK_SEQPACKET` sockets, descriptors passed with
+ * `SCM_RIGHTS`, large bodies in sealed memfds, one shared epoll for waiting.
+ *
+ * Wire format of one packet (little-endian):
+ * - bytes 0–1: magic `0x4950`; byte 2: kind (1 inline, 2 memfd); byte 3: 0
+ * - bytes 4–7: number of descriptors in the packet's `SCM_RIGHTS`
+ * - inline: the body follows. memfd: bytes 8–15 hold the body length, and the
+ *   last descriptor is a memfd sealed against writes, shrinking and growing.
+ *
+ * A body that does not fit one packet goes through a memfd, so every message
+ * is one packet: concurrent senders can never interleave, and the receiver
+ * never allocates more than the sender really committed to the kernel.
+ *
+ * Sockets stay in blocking mode (the file status flags are shared with every
+ * process holding them); non-blocking calls pass `MSG_DONTWAIT` instead.
+ *
+ * @module
+ */
+
+import {
+  addressOf,
+  AF_UNIX,
+  CMSG_HEADER,
+  cmsgSpace,
+  cString,
+  EAGAIN,
+  EEXIST,
+  EINTR,
+  EMSGSIZE,
+  ENOBUFS,
+  EPOLLIN,
+  EPOLLOUT,
+  errno,
+  F_ADD_SEALS,
+  F_DUPFD_CLOEXEC,
+  F_GET_SEALS,
+  F_SEAL_GROW,
+  F_SEAL_SEAL,
+  F_SEAL_SHRINK,
+  F_SEAL_WRITE,
+  getenv,
+  IOVEC_SIZE,
+  libc,
+  MFD_ALLOW_SEALING,
+  MFD_CLOEXEC,
+  MSG_CMSG_CLOEXEC,
+  MSG_CTRUNC,
+  MSG_DONTWAIT,
+  MSG_NOSIGNAL,
+  MSG_TRUNC,
+  MSGHDR,
+  POLLIN,
+  POLLOUT,
+  SCM_MAX_FD,
+  SCM_RIGHTS,
+  SEEK_END,
+  SHUT_RD,
+  SHUT_WR,
+  SO_PEERCRED,
+  SO_SNDBUF,
+  SOCK_CLOEXEC,
+  SOCK_NONBLOCK,
+  SOCK_SEQPACKET,
+  SOCKADDR_UN_PATH_MAX,
+  SOL_SOCKET,
+  UCRED_SIZE,
+} from "../ffi/libc.ts";
+import { poller } from "./epoll.ts";
+import { isDisconnect, osError } from "./linux_errors.ts";
+import {
+  IpcError,
+  type OsAccepted,
+  type OsIncomingHandle,
+  type OsMessage,
+  type OsPlatform,
+  type OsReceiver,
+  type OsSender,
+  type OsServer,
+  type OsTransferable,
+  type OsWaitOptions,
+  type PeerCredentials,
+} from "./types.ts";
+import { Waiters } from "./waiters.ts";
+
+const MAGIC = 0x4950;
+const KIND_INLINE = 1;
+const KIND_MEMFD = 2;
+const HEADER = 8;
+const MEMFD_HEADER = 16;
+/** Larger than any packet the default socket buffers let through (212,960 B). */
+const RECEIVE_BUFFER = 256 * 1024;
+/** Descriptors one message may carry: the kernel's cap less one for a memfd. */
+export const MAX_HANDLES: number = SCM_MAX_FD - 1;
+const IO_CHUNK = 1 << 30;
+const REQUIRED_SEALS = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+
+const fdRegistry = new FinalizationRegistry<number>((fd) => {
+  libc().close(fd);
+});
+
+function closeFd(fd: number): void {
+  if (fd >= 0) libc().close(fd);
+}
+
+function closeAll(fds: readonly number[]): void {
+  for (const fd of fds) closeFd(fd);
+}
+
+function malformed(what: string): IpcError {
+  return new IpcError("Io", `malformed message from peer: ${what}`, {
+    code: "EPROTO",
+  });
+}
+
+function disconnectedSender(): IpcError {
+  return new IpcError("Disconnected", "the receiver is gone");
+}
+
+function disconnectedReceiver(): IpcError {
+  return new IpcError("Disconnected", "every sender is gone");
+}
+
+// ---------------------------------------------------------------------------
+// Receiving: one static msghdr, buffer and control area for the whole process
+// (JavaScript is single-threaded and every receive copies its body out).
+
+const receiveBuffer = new Uint8Array(RECEIVE_BUFFER);
+const receiveView = new DataView(receiveBuffer.buffer);
+const receiveControl = new Uint8Array(cmsgSpace(4 * SCM_MAX_FD));
+const receiveControlView = new DataView(receiveControl.buffer);
+const receiveIovec = new Uint8Array(IOVEC_SIZE);
+const receiveHeader = new Uint8Array(MSGHDR.size);
+const receiveHeaderView = new DataView(receiveHeader.buffer);
+let receiveReady = false;
+
+function prepareReceive(): void {
+  if (receiveReady) return;
+  const iov = new DataView(receiveIovec.buffer);
+  iov.setBigUint64(0, addressOf(receiveBuffer), true);
+  iov.setBigUint64(8, BigInt(RECEIVE_BUFFER), true);
+  receiveHeaderView.setBigUint64(MSGHDR.iov, addressOf(receiveIovec), true);
+  receiveHeaderView.setBigUint64(MSGHDR.iovlen, 1n, true);
+  receiveHeaderView.setBigUint64(
+    MSGHDR.control,
+    addressOf(receiveControl),
+    true,
+  );
+  receiveReady = true;
+}
+
+const END_OF_STREAM = Symbol("end of stream");
+
+/**
+ * Reads one packet. Returns undefined when none is waiting (non-blocking),
+ * END_OF_STREAM when every sender is gone; throws on a malformed packet after
+ * closing the descriptors that came with it.
+ */
+function receiveOne(
+  fd: number,
+  blocking: boolean,
+): OsMessage | undefined | typeof END_OF_STREAM {
+  prepareReceive();
+  const lc = libc();
+  const flags = MSG_CMSG_CLOEXEC | (blocking ? 0 : MSG_DONTWAIT);
+  for (;;) {
+    receiveHeaderView.setUint32(
+      MSGHDR.controllen,
+      receiveControl.length,
+      true,
+    );
+    receiveHeaderView.setUint32(MSGHDR.controllen + 4, 0, true);
+    receiveHeaderView.setInt32(MSGHDR.flags, 0, true);
+    const length = lc.recvmsg(fd, receiveHeader, flags);
+    if (length < 0) {
+      const code = errno();
+      if (code === EINTR) continue;
+      if (code === EAGAIN) return undefined;
+      if (isDisconnect(code)) return END_OF_STREAM;
+      throw osError("recvmsg", code);
+    }
+    const fds = takeDescriptors();
+    if (length === 0 && fds.length === 0) return END_OF_STREAM;
+    try {
+      return parsePacket(
+        length,
+        receiveHeaderView.getInt32(MSGHDR.flags, true),
+        fds,
+      );
+    } catch (error) {
+      closeAll(fds);
+      throw error;
+    }
+  }
+}
+
+function takeDescriptors(): number[] {
+  const fds: number[] = [];
+  const controlLength = receiveHeaderView.getUint32(MSGHDR.controllen, true);
+  let at = 0;
+  while (at + CMSG_HEADER <= controlLength) {
+    const length = receiveControlView.getUint32(at, true);
+    if (length < CMSG_HEADER || at + length > controlLength) break;
+    const level = receiveControlView.getInt32(at + 8, true);
+    const type = receiveControlView.getInt32(at + 12, true);
+    if (level === SOL_SOCKET && type === SCM_RIGHTS) {
+      for (let p = at + CMSG_HEADER; p + 4 <= at + length; p += 4) {
+        fds.push(receiveControlView.getInt32(p, true));
+      }
+    }
+    at += cmsgSpace(length - CMSG_HEADER);
+  }
+  return fds;
+}
+
+function parsePacket(length: number, flags: number, fds: number[]): OsMessage {
+  if (flags & MSG_CTRUNC) {
+    throw malformed(`more than ${SCM_MAX_FD} descriptors in one packet`);
+  }
+  if (flags & MSG_TRUNC) {
+    throw malformed(`a packet larger than ${RECEIVE_BUFFER} bytes`);
+  }
+  if (length < HEADER) {
+    throw malformed(`a ${length}-byte packet, shorter than a frame header`);
+  }
+  if (
+    receiveView.getUint16(0, true) !== MAGIC || receiveBuffer[3] !== 0
+  ) {
+    throw malformed("not a frame header");
+  }
+  const count = receiveView.getUint32(4, true);
+  if (count !== fds.length) {
+    throw malformed(
+      `the frame announces ${count} descriptors but ${fds.length} arrived`,
+    );
+  }
+  const kind = receiveBuffer[2];
+  if (kind === KIND_INLINE) {
+    return {
+      data: receiveBuffer.slice(HEADER, length),
+      handles: fds.map((fd) => new LinuxIncoming(fd)),
+    };
+  }
+  if (kind === KIND_MEMFD) {
+    if (length !== MEMFD_HEADER || count < 1) {
+      throw malformed("a bad large-message frame");
+    }
+    const declared = receiveView.getBigUint64(8, true);
+    const data = readSealedBody(fds[fds.length - 1], declared);
+    closeFd(fds.pop()!);
+    return { data, handles: fds.map((fd) => new LinuxIncoming(fd)) };
+  }
+  throw malformed(`unknown frame kind ${kind}`);
+}
+
+function readSealedBody(fd: number, declared: bigint): Uint8Array {
+  const lc = libc();
+  const seals = lc.fcntl(fd, F_GET_SEALS, 0);
+  if (seals < 0 || (seals & REQUIRED_SEALS) !== REQUIRED_SEALS) {
+    throw malformed("a large-message body that is not a sealed memfd");
+  }
+  const size = BigInt(lc.lseek(fd, 0n, SEEK_END));
+  if (size !== declared) {
+    throw malformed(
+      `the frame announces ${declared} bytes but the body holds ${size}`,
+    );
+  }
+  let data: Uint8Array;
+  try {
+    data = new Uint8Array(Number(size));
+  } catch (cause) {
+    throw new IpcError("Io", `cannot allocate ${size} bytes for a message`, {
+      cause,
+      code: "ENOMEM",
+    });
+  }
+  for (let at = 0; at < data.length;) {
+    const chunk = Math.min(IO_CHUNK, data.length - at);
+    const got = lc.pread(
+      fd,
+      data.subarray(at, at + chunk),
+      BigInt(chunk),
+      BigInt(at),
+    );
+    if (got < 0 && errno() === EINTR) continue;
+    if (got <= 0) throw malformed("a large-message body that ended early");
+    at += got;
+  }
+  return data;
+}
+
+// ---------------------------------------------------------------------------
+// Sending.
+
+interface Packet {
+  header: Uint8Array;
+  body: Uint8Array;
+  fds: number[];
+  /** Descriptors this packet owns and closes once sent or dropped. */
+  owned: number[];
+  size: number;
+}
+
+const sendHeader = new Uint8Array(MSGHDR.size);
+const sendHeaderView = new DataView(sendHeader.buffer);
+const sendIovecs = new Uint8Array(2 * IOVEC_SIZE);
+const sendIovecView = new DataView(sendIovecs.buffer);
+const sendControl = new Uint8Array(cmsgSpace(4 * SCM_MAX_FD));
+const sendControlView = new DataView(sendControl.buffer);
+let sendReady = false;
+
+function prepareSend(): void {
+  if (sendReady) return;
+  sendHeaderView.setBigUint64(MSGHDR.iov, addressOf(sendIovecs), true);
+  sendReady = true;
+}
+
+/** Sends one packet without blocking: 0 when sent, else the errno. */
+function transmit(fd: number, packet: Packet): number {
+  prepareSend();
+  sendIovecView.setBigUint64(0, addressOf(packet.header), true);
+  sendIovecView.setUint32(8, packet.header.length, true);
+  sendIovecView.setUint32(12, 0, true);
+  let iovecs = 1;
+  if (packet.body.length > 0) {
+    sendIovecView.setBigUint64(16, addressOf(packet.body), true);
+    sendIovecView.setBigUint64(24, BigInt(packet.body.length), true);
+    iovecs = 2;
+  }
+  sendHeaderView.setUint32(MSGHDR.iovlen, iovecs, true);
+  const fds = packet.fds;
+  if (fds.length > 0) {
+    sendControlView.setBigUint64(0, BigInt(CMSG_HEADER + 4 * fds.length), true);
+    sendControlView.setInt32(8, SOL_SOCKET, true);
+    sendControlView.setInt32(12, SCM_RIGHTS, true);
+    for (let i = 0; i < fds.length; i++) {
+      sendControlView.setInt32(CMSG_HEADER + 4 * i, fds[i], true);
+    }
+    sendHeaderView.setBigUint64(MSGHDR.control, addressOf(sendControl), true);
+    sendHeaderView.setBigUint64(
+      MSGHDR.controllen,
+      BigInt(cmsgSpace(4 * fds.length)),
+      true,
+    );
+  } else {
+    sendHeaderView.setBigUint64(MSGHDR.control, 0n, true);
+    sendHeaderView.setBigUint64(MSGHDR.controllen, 0n, true);
+  }
+  const lc = libc();
+  for (;;) {
+    if (lc.sendmsg(fd, sendHeader, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) return 0;
+    const code = errno();
+    if (code !== EINTR) return code;
+  }
+}
+
+function inlinePacket(data: Uint8Array, fds: number[]): Packet {
+  const header = new Uint8Array(HEADER);
+  const view = new DataView(header.buffer);
+  view.setUint16(0, MAGIC, true);
+  header[2] = KIND_INLINE;
+  view.setUint32(4, fds.length, true);
+  return { header, body: data, fds, owned: [], size: data.length };
+}
+
+/** Copies `data` into a sealed memfd and returns a packet that owns it. */
+function memfdPacket(data: Uint8Array, fds: number[]): Packet {
+  const lc = libc();
+  const memfd = lc.memfd_create(
+    cString("ipc-channel-message"),
+    MFD_CLOEXEC | MFD_ALLOW_SEALING,
+  );
+  if (memfd < 0) throw osError("memfd_create", errno());
+  try {
+    for (let at = 0; at < data.length;) {
+      const chunk = Math.min(IO_CHUNK, data.length - at);
+      const wrote = lc.write(
+        memfd,
+        data.subarray(at, at + chunk),
+        BigInt(chunk),
+      );
+      if (wrote < 0) {
+        const code = errno();
+        if (code === EINTR) continue;
+        throw osError("write to memfd", code);
+      }
+      at += wrote;
+    }
+    if (lc.fcntl(memfd, F_ADD_SEALS, REQUIRED_SEALS | F_SEAL_SEAL) < 0) {
+      throw osError("fcntl(F_ADD_SEALS)", errno());
+    }
+  } catch (error) {
+    closeFd(memfd);
+    throw error;
+  }
+  const header = new Uint8Array(MEMFD_HEADER);
+  const view = new DataView(header.buffer);
+  view.setUint16(0, MAGIC, true);
+  header[2] = KIND_MEMFD;
+  view.setUint32(4, fds.length + 1, true);
+  view.setBigUint64(8, BigInt(data.length), true);
+  return {
+    header,
+    body: new Uint8Array(0),
+    fds: [...fds, memfd],
+    owned: [memfd],
+    size: data.length,
+  };
+}
+
+let inlineLimit = 0;
+
+/** The largest body sent inline, from the socket's send buffer size. */
+function learnInlineLimit(fd: number): void {
+  if (inlineLimit > 0) return;
+  const value = new Int32Array(1);
+  const length = new Uint32Array([4]);
+  const ok = libc().getsockopt(
+    fd,
+    SOL_SOCKET,
+    SO_SNDBUF,
+    new Uint8Array(value.buffer),
+    new Uint8Array(length.buffer),
+  ) === 0;
+  // The kernel keeps 32 bytes of each send buffer for itself.
+  const packet = ok ? Math.min(value[0] - 32, RECEIVE_BUFFER) : 64 * 1024;
+  inlineLimit = packet - MEMFD_HEADER;
+}
+
+/** Senders with a queue; a receive in this process may have made room. */
+const pendingSenders = new Set<LinuxSender>();
+
+function flushPendingSenders(): void {
+  if (pendingSenders.size === 0) return;
+  for (const sender of [...pendingSenders]) sender.flush();
+}
+
+/** Endpoints listed in one message, checked before anything is sent. */
+class HandlePlan {
+  readonly fds: number[] = [];
+  readonly #handles: (LinuxSender | LinuxReceiver)[] = [];
+
+  constructor(handles: readonly OsTransferable[]) {
+    if (handles.length > MAX_HANDLES) {
+      throw new IpcError(
+        "Serialization",
+        `a message can carry at most ${MAX_HANDLES} endpoints; this one has ${handles.length}`,
+      );
+    }
+    const seen = new Set<LinuxReceiver>();
+    for (const handle of handles) {
+      if (handle instanceof LinuxReceiver) {
+        if (seen.has(handle)) {
+          throw new IpcError(
+            "Serialization",
+            "the same receiver appears twice in one message",
+          );
+        }
+        seen.add(handle);
+      } else if (!(handle instanceof LinuxSender)) {
+        throw new IpcError(
+          "Serialization",
+          "an endpoint from another platform backend",
+        );
+      }
+      this.fds.push(handle.descriptorForSend());
+      this.#handles.push(handle);
+    }
+  }
+
+  /** After an immediate send: the receivers now live in the message. */
+  sent(): void {
+    for (const handle of this.#handles) {
+      if (handle instanceof LinuxReceiver) closeFd(handle.detach());
+    }
+  }
+
+  /**
+   * Before queueing: descriptors the queue owns, in order. Senders are
+   * duplicated (they stay usable, and may be closed before the flush);
+   * receivers are moved.
+   */
+  own(): number[] {
+    const lc = libc();
+    const owned = this.#handles.map(() => -1);
+    this.#handles.forEach((handle, i) => {
+      if (!(handle instanceof LinuxSender)) return;
+      owned[i] = lc.fcntl(this.fds[i], F_DUPFD_CLOEXEC, 0);
+      if (owned[i] < 0) {
+        const code = errno();
+        closeAll(owned);
+        throw osError("dup", code);
+      }
+    });
+    this.#handles.forEach((handle, i) => {
+      if (handle instanceof LinuxReceiver) owned[i] = handle.detach();
+    });
+    return owned;
+  }
+}
+
+class LinuxSender implements OsSender {
+  #fd: number;
+  #closedReason: string | undefined;
+  #broken: IpcError | undefined;
+  #queue: (Packet | undefined)[] = [];
+  #head = 0;
+  #buffered = 0;
+  #watch = 0;
+  #drainWaiters = new Waiters<void, number>("the queue did not drain");
+
+  constructor(fd: number) {
+    this.#fd = fd;
+    fdRegistry.register(this, fd, this);
+  }
+
+  get bufferedAmount(): number {
+    return this.#buffered;
+  }
+
+  get closedReason(): string | undefined {
+    return this.#closedReason;
+  }
+
+  descriptorForSend(): number {
+    if (this.#closedReason !== undefined) {
+      throw new IpcError("Closed", `this sender is ${this.#closedReason}`);
+    }
+    return this.#fd;
+  }
+
+  send(data: Uint8Array, handles: readonly OsTransferable[]): void {
+    this.descriptorForSend();
+    if (this.#broken) throw this.#broken;
+    const plan = new HandlePlan(handles);
+    if (this.#head < this.#queue.length) this.flush();
+    if (this.#broken) throw this.#broken;
+    let packet = data.length > inlineLimit
+      ? memfdPacket(data, plan.fds)
+      : inlinePacket(data, plan.fds);
+    if (this.#head === this.#queue.length) {
+      let code = transmit(this.#fd, packet);
+      if (code === EMSGSIZE || code === ENOBUFS) {
+        // The kernel could not take one packet this large: send the body
+        // through a memfd rather than shrinking fragments.
+        packet = memfdPacket(data, plan.fds);
+        code = transmit(this.#fd, packet);
+      }
+      if (code === 0) {
+        closeAll(packet.owned);
+        plan.sent();
+        poller.traffic();
+        return;
+      }
+      if (code !== EAGAIN) {
+        closeAll(packet.owned);
+        throw this.#failure(code);
+      }
+    }
+    this.#enqueue(packet, plan);
+  }
+
+  #enqueue(packet: Packet, plan: HandlePlan): void {
+    let owned: number[];
+    try {
+      owned = plan.own();
+    } catch (error) {
+      closeAll(packet.owned);
+      throw error;
+    }
+    // The caller may reuse its buffer once send returns.
+    const body = packet.body.length > 0 ? packet.body.slice() : packet.body;
+    const queued: Packet = {
+      header: packet.header,
+      body,
+      fds: [...owned, ...packet.owned],
+      owned: [...owned, ...packet.owned],
+      size: packet.size,
+    };
+    this.#queue.push(queued);
+    this.#buffered += queued.size;
+    if (!pendingSenders.has(this)) {
+      pendingSenders.add(this);
+      this.#watch = poller.watch(this.#fd, EPOLLOUT, () => this.flush());
+    }
+  }
+
+  /** The descriptor, for poll(2) while a queue is pending. */
+  get descriptor(): number {
+    return this.#fd;
+  }
+
+  #failure(code: number): IpcError {
+    const error = isDisconnect(code)
+      ? disconnectedSender()
+      : osError("sendmsg", code);
+    if (error.kind === "Disconnected") this.#broken = error;
+    return error;
+  }
+
+  /** Sends what the kernel takes now; called on EPOLLOUT and after receives. */
+  flush(): void {
+    while (this.#head < this.#queue.length) {
+      const packet = this.#queue[this.#head]!;
+      const code = transmit(this.#fd, packet);
+      if (code === EAGAIN) break;
+      if (code !== 0) {
+        this.#drop(this.#failure(code));
+        return;
+      }
+      closeAll(packet.owned);
+      this.#queue[this.#head++] = undefined;
+      this.#buffered -= packet.size;
+    }
+    if (this.#head === this.#queue.length) {
+      this.#queue = [];
+      this.#head = 0;
+      this.#stopWatching();
+    } else if (this.#head > 1024 && this.#head * 2 > this.#queue.length) {
+      this.#queue = this.#queue.slice(this.#head);
+      this.#head = 0;
+    }
+    this.#drainWaiters.resolveWhere(
+      (threshold) => this.#buffered <= threshold,
+      undefined,
+    );
+  }
+
+  /** Gives up on the queue (the receiver is gone, or the OS refused). */
+  #drop(error: IpcError): void {
+    this.#broken ??= error;
+    for (let i = this.#head; i < this.#queue.length; i++) {
+      closeAll(this.#queue[i]!.owned);
+    }
+    this.#queue = [];
+    this.#head = 0;
+    this.#buffered = 0;
+    this.#stopWatching();
+    this.#drainWaiters.rejectAll(error);
+  }
+
+  #stopWatching(): void {
+    if (!pendingSenders.delete(this)) return;
+    poller.unwatch(this.#fd, this.#watch);
+    if (this.#closedReason !== undefined) this.#release();
+  }
+
+  drained(threshold = 0, options?: OsWaitOptions): Promise<void> {
+    if (this.#broken) return Promise.reject(this.#broken);
+    if (this.#buffered <= threshold) return Promise.resolve();
+    return this.#drainWaiters.add(threshold, options);
+  }
+
+  clone(): OsSender {
+    const copy = libc().fcntl(this.descriptorForSend(), F_DUPFD_CLOEXEC, 0);
+    if (copy < 0) throw osError("dup", errno());
+    return new LinuxSender(copy);
+  }
+
+  close(): void {
+    if (this.#closedReason !== undefined) return;
+    this.#closedReason = "closed";
+    // A queue still owes messages: the descriptor goes once it is flushed.
+    if (!pendingSenders.has(this)) this.#release();
+  }
+
+  #release(): void {
+    fdRegistry.unregister(this);
+    closeFd(this.#fd);
+    this.#fd = -1;
+  }
+}
+
+class LinuxReceiver implements OsReceiver {
+  #fd: number;
+  #closedReason: string | undefined;
+  #ended = false;
+  #watch = 0;
+  #waiters = new Waiters<OsMessage>("no message");
+
+  constructor(fd: number) {
+    this.#fd = fd;
+    fdRegistry.register(this, fd, this);
+  }
+
+  get closedReason(): string | undefined {
+    return this.#closedReason;
+  }
+
+  descriptorForSend(): number {
+    this.#check();
+    return this.#fd;
+  }
+
+  #check(): void {
+    if (this.#closedReason !== undefined) {
+      throw new IpcError("Closed", `this receiver is ${this.#closedReason}`);
+    }
+  }
+
+  /** One packet, or undefined; marks the end of the stream. */
+  #receive(blocking: boolean): OsMessage | undefined {
+    if (this.#ended) throw disconnectedReceiver();
+    const message = receiveOne(this.#fd, blocking);
+    if (message === END_OF_STREAM) {
+      this.#ended = true;
+      throw disconnectedReceiver();
+    }
+    if (message !== undefined) {
+      poller.traffic();
+      flushPendingSenders();
+    }
+    return message;
+  }
+
+  tryRecv(): OsMessage | undefined {
+    this.#check();
+    flushPendingSenders();
+    return this.#receive(false);
+  }
+
+  recvSync(): OsMessage {
+    this.#check();
+    if (this.#waiters.size > 0) {
+      throw new IpcError(
+        "Io",
+        "recvSync() called while a recv() on the same receiver is pending",
+      );
+    }
+    for (;;) {
+      flushPendingSenders();
+      if (pendingSenders.size === 0) {
+        const message = this.#receive(true);
+        if (message !== undefined) return message;
+        continue;
+      }
+      // Our own queued sends may be what the peer waits for: keep flushing
+      // them while we wait.
+      const message = this.#receive(false);
+      if (message !== undefined) return message;
+      waitReadableOrWritable(this.#fd, [...pendingSenders]);
+    }
+  }
+
+  recv(options?: OsWaitOptions): Promise<OsMessage> {
+    try {
+      this.#check();
+      if (this.#waiters.size === 0) {
+        const message = this.#receive(false);
+        if (message !== undefined) return Promise.resolve(message);
+      }
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const promise = this.#waiters.add(undefined, options, () => {
+      if (this.#waiters.size === 0) this.#stopWatching();
+    });
+    if (this.#watch === 0) {
+      this.#watch = poller.watch(this.#fd, EPOLLIN, () => this.#onReadable());
+    }
+    return promise;
+  }
+
+  #onReadable(): void {
+    while (this.#waiters.size > 0) {
+      let message: OsMessage | undefined;
+      try {
+        message = this.#receive(false);
+      } catch (error) {
+        if (this.#ended) this.#waiters.rejectAll(error);
+        else this.#waiters.rejectFirst(error);
+        continue;
+      }
+      if (message === undefined) break;
+      this.#waiters.resolveFirst(message);
+    }
+    if (this.#waiters.size === 0) this.#stopWatching();
+  }
+
+  #stopWatching(): void {
+    if (this.#watch === 0) return;
+    poller.unwatch(this.#fd, this.#watch);
+    this.#watch = 0;
+  }
+
+  /** Hands the descriptor to a message; this handle becomes unusable. */
+  detach(): number {
+    const fd = this.#fd;
+    this.#retire("sent away inside a message");
+    return fd;
+  }
+
+  close(): void {
+    if (this.#closedReason !== undefined) return;
+    const fd = this.#fd;
+    this.#retire("closed");
+    closeFd(fd);
+  }
+
+  #retire(reason: string): void {
+    this.#closedReason = reason;
+    this.#stopWatching();
+    fdRegistry.unregister(this);
+    this.#fd = -1;
+    this.#waiters.rejectAll(
+      new IpcError("Closed", `this receiver was ${reason}`),
+    );
+  }
+}
+
+/** Blocks until `fd` is readable or a queued sender can write; flushes. */
+function waitReadableOrWritable(fd: number, senders: LinuxSender[]): void {
+  const fds = [fd, ...senders.map((s) => s.descriptor)];
+  const table = new Uint8Array(8 * fds.length);
+  const view = new DataView(table.buffer);
+  fds.forEach((each, i) => {
+    view.setInt32(8 * i, each, true);
+    view.setInt16(8 * i + 4, i === 0 ? POLLIN : POLLOUT, true);
+  });
+  const ready = libc().poll(table, fds.length, -1);
+  if (ready < 0 && errno() !== EINTR) throw osError("poll", errno());
+}
+
+class LinuxIncoming implements OsIncomingHandle {
+  #fd: number;
+
+  constructor(fd: number) {
+    this.#fd = fd;
+  }
+
+  #take(): number {
+    if (this.#fd < 0) {
+      throw new IpcError("Serialization", "a handle was used twice");
+    }
+    const fd = this.#fd;
+    this.#fd = -1;
+    return fd;
+  }
+
+  intoSender(): OsSender {
+    return new LinuxSender(this.#take());
+  }
+
+  intoReceiver(): OsReceiver {
+    return new LinuxReceiver(this.#take());
+  }
+
+  close(): void {
+    closeFd(this.#fd);
+    this.#fd = -1;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Servers: a listening socket in a private directory.
+
+function socketAddress(path: string): Uint8Array<ArrayBuffer> {
+  const bytes = new TextEncoder().encode(path);
+  if (bytes.length >= SOCKADDR_UN_PATH_MAX) {
+    throw new IpcError(
+      "Io",
+      `server name is ${bytes.length} bytes; a Unix socket path must be under ${SOCKADDR_UN_PATH_MAX}: ${path}`,
+      { code: "ENAMETOOLONG" },
+    );
+  }
+  const address = new Uint8Array(2 + SOCKADDR_UN_PATH_MAX);
+  new DataView(address.buffer).setUint16(0, AF_UNIX, true);
+  address.set(bytes, 2);
+  return address;
+}
+
+function randomHex(bytes: number): string {
+  const random = crypto.getRandomValues(new Uint8Array(bytes));
+  return Array.from(random, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+const openServers = new Set<LinuxServer>();
+let unloadHooked = false;
+
+function removeOnExit(server: LinuxServer): void {
+  openServers.add(server);
+  if (unloadHooked) return;
+  unloadHooked = true;
+  globalThis.addEventListener("unload", () => {
+    for (const open of [...openServers]) open.close();
+  });
+}
+
+function peerCredentials(fd: number): PeerCredentials {
+  const credentials = new Uint8Array(UCRED_SIZE);
+  const length = new Uint32Array([UCRED_SIZE]);
+  if (
+    libc().getsockopt(
+      fd,
+      SOL_SOCKET,
+      SO_PEERCRED,
+      credentials,
+      new Uint8Array(length.buffer),
+    ) < 0
+  ) {
+    throw osError("getsockopt(SO_PEERCRED)", errno());
+  }
+  const view = new DataView(credentials.buffer);
+  return {
+    pid: view.getInt32(0, true),
+    uid: view.getUint32(4, true),
+    gid: view.getUint32(8, true),
+  };
+}
+
+class LinuxServer implements OsServer {
+  readonly name: string;
+  readonly #directory: string;
+  #fd: number;
+  #watch = 0;
+  #waiters = new Waiters<OsAccepted>("no client connected");
+
+  constructor() {
+    const lc = libc();
+    const base = (getenv("TMPDIR") || "/tmp").replace(/\/+$/, "");
+    let directory = "";
+    for (;;) {
+      directory = `${base}/ipc-channel-${randomHex(16)}`;
+      if (lc.mkdir(cString(directory), 0o700) === 0) break;
+      const code = errno();
+      if (code !== EEXIST) throw osError(`mkdir ${directory}`, code);
+    }
+    this.#directory = directory;
+    this.name = `${directory}/socket`;
+    const fd = lc.socket(
+      AF_UNIX,
+      SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK,
+      0,
+    );
+    if (fd < 0) {
+      const code = errno();
+      lc.rmdir(cString(directory));
+      throw osError("socket", code);
+    }
+    this.#fd = fd;
+    const address = socketAddress(this.name);
+    if (
+      lc.bind(fd, address, address.length) < 0 || lc.listen(fd, 128) < 0
+    ) {
+      const code = errno();
+      this.close();
+      throw osError(`bind ${this.name}`, code);
+    }
+    removeOnExit(this);
+  }
+
+  #acceptNow(): OsAccepted | undefined {
+    for (;;) {
+      const fd = libc().accept4(this.#fd, null, null, SOCK_CLOEXEC);
+      if (fd >= 0) {
+        libc().shutdown(fd, SHUT_WR);
+        let peer: PeerCredentials;
+        try {
+          peer = peerCredentials(fd);
+        } catch (error) {
+          closeFd(fd);
+          throw error;
+        }
+        return { receiver: new LinuxReceiver(fd), peer };
+      }
+      const code = errno();
+      if (code === EINTR) continue;
+      if (code === EAGAIN) return undefined;
+      throw osError("accept4", code);
+    }
+  }
+
+  accept(options?: OsWaitOptions): Promise<OsAccepted> {
+    if (this.#fd < 0) {
+      return Promise.reject(new IpcError("Closed", "the server is closed"));
+    }
+    try {
+      if (this.#waiters.size === 0) {
+        const accepted = this.#acceptNow();
+        if (accepted !== undefined) return Promise.resolve(accepted);
+      }
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const promise = this.#waiters.add(undefined, options, () => {
+      if (this.#waiters.size === 0) this.#stopWatching();
+    });
+    if (this.#watch === 0) {
+      this.#watch = poller.watch(this.#fd, EPOLLIN, () => this.#onReadable());
+    }
+    return promise;
+  }
+
+  #onReadable(): void {
+    while (this.#waiters.size > 0) {
+      let accepted: OsAccepted | undefined;
+      try {
+        accepted = this.#acceptNow();
+      } catch (error) {
+        this.#waiters.rejectFirst(error);
+        continue;
+      }
+      if (accepted === undefined) break;
+      this.#waiters.resolveFirst(accepted);
+    }
+    if (this.#waiters.size === 0) this.#stopWatching();
+  }
+
+  #stopWatching(): void {
+    if (this.#watch === 0) return;
+    poller.unwatch(this.#fd, this.#watch);
+    this.#watch = 0;
+  }
+
+  close(): void {
+    if (this.#fd < 0) return;
+    this.#stopWatching();
+    closeFd(this.#fd);
+    this.#fd = -1;
+    openServers.delete(this);
+    const lc = libc();
+    lc.unlink(cString(this.name));
+    lc.rmdir(cString(this.#directory));
+    this.#waiters.rejectAll(new IpcError("Closed", "the server was closed"));
+  }
+}
+
+function connect(name: string): OsSender {
+  const lc = libc();
+  const address = socketAddress(name);
+  const fd = lc.socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw osError("socket", errno());
+  for (;;) {
+    if (lc.connect(fd, address, address.length) === 0) break;
+    const code = errno();
+    if (code === EINTR) continue;
+    closeFd(fd);
+    throw osError(`connect to ${name}`, code);
+  }
+  lc.shutdown(fd, SHUT_RD);
+  learnInlineLimit(fd);
+  return new LinuxSender(fd);
+}
+
+function channel(): [OsSender, OsReceiver] {
+  const pair = new Int32Array(2);
+  const lc = libc();
+  if (
+    lc.socketpair(
+      AF_UNIX,
+      SOCK_SEQPACKET | SOCK_CLOEXEC,
+      0,
+      new Uint8Array(pair.buffer),
+    ) < 0
+  ) {
+    throw osError("socketpair", errno());
+  }
+  // One direction only: a receiver cannot write back into its sender.
+  lc.shutdown(pair[0], SHUT_RD);
+  lc.shutdown(pair[1], SHUT_WR);
+  learnInlineLimit(pair[0]);
+  return [new LinuxSender(pair[0]), new LinuxReceiver(pair[1])];
+}
+
+/** The Linux implementation of {@linkcode OsPlatform}. */
+export const linux: OsPlatform = {
+  channel,
+  connect,
+  listen: () => new LinuxServer(),
+};
+
+/** Resolves once no wait is parked (tests use it before their op check). */
+export function settled(): Promise<void> {
+  return poller.idle();
+}

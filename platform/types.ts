@@ -1,0 +1,168 @@
+/**
+ * The seam between the platform-free layers (`serde/`, `mod.ts`) and the OS
+ * backends: an `OsChannel` moves bytes plus OS handles, and nothing else.
+ *
+ * @module
+ */
+
+/** What went wrong, as a stable string to branch on. */
+export type IpcErrorKind =
+  /** `tryRecv`/`tryRecvTimeout` found no message. */
+  | "Empty"
+  /** The other side is gone: every sender closed, or the receiver closed. */
+  | "Disconnected"
+  /** The operating system refused (EMFILE, a missing server, a bad frame…). */
+  | "Io"
+  /** A value could not be encoded, or received bytes could not be decoded. */
+  | "Serialization"
+  /** This endpoint was closed, or sent away inside a message, in this process. */
+  | "Closed";
+
+/**
+ * The one error class of the module; branch on {@linkcode IpcError.kind}.
+ *
+ * @example Telling an empty channel from a closed one
+ * ```ts
+ * import { channel, IpcError } from "@ipc/channel";
+ * const [tx, rx] = channel<number>();
+ * try {
+ *   rx.tryRecv();
+ * } catch (e) {
+ *   if (e instanceof IpcError && e.kind === "Empty") console.log("nothing yet");
+ * }
+ * tx.close();
+ * rx.close();
+ * ```
+ */
+export class IpcError extends Error {
+  /** Which kind of failure this is. */
+  readonly kind: IpcErrorKind;
+  /** The OS error name (`"EMFILE"`, `"ENOENT"`…) when the OS reported one. */
+  readonly code?: string;
+
+  /**
+   * Creates an error; the module throws these, user code rarely needs to.
+   *
+   * @example
+   * ```ts
+   * import { IpcError } from "@ipc/channel";
+   * const error = new IpcError("Io", "no server", { code: "ENOENT" });
+   * console.log(error.kind, error.code);
+   * ```
+   *
+   * @param kind which kind of failure
+   * @param message what happened, for a person
+   * @param options the cause and the OS error name, if any
+   */
+  constructor(
+    kind: IpcErrorKind,
+    message: string,
+    options?: { cause?: unknown; code?: string },
+  ) {
+    super(message, { cause: options?.cause });
+    this.name = "IpcError";
+    this.kind = kind;
+    if (options?.code !== undefined) this.code = options.code;
+  }
+}
+
+/** A received message: its bytes and the OS handles that came with it. */
+export interface OsMessage {
+  /** The payload, owned by the caller. */
+  readonly data: Uint8Array;
+  /** Handles in the order the sender listed them; the caller adopts or closes each. */
+  readonly handles: OsIncomingHandle[];
+}
+
+/** An OS handle that arrived in a message and is not yet an endpoint. */
+export interface OsIncomingHandle {
+  /** Adopt it as the sending end of a channel. */
+  intoSender(): OsSender;
+  /** Adopt it as the receiving end of a channel. */
+  intoReceiver(): OsReceiver;
+  /** Release it unused. Safe to call after an `into*` call (does nothing). */
+  close(): void;
+}
+
+/** Something that can ride inside a message. */
+export type OsTransferable = OsSender | OsReceiver;
+
+/** How a wait may end early. */
+export interface OsWaitOptions {
+  /** Reject with the signal's reason when it aborts. */
+  signal?: AbortSignal;
+  /** Reject with kind "Empty" after this many milliseconds. */
+  timeoutMs?: number;
+}
+
+/** The sending end of an OS channel. */
+export interface OsSender {
+  /**
+   * Sends `data` with `handles` without ever blocking: what the kernel cannot
+   * take yet is queued and flushed as the reader drains. Receivers in
+   * `handles` are moved into the message; senders stay usable.
+   */
+  send(data: Uint8Array, handles: readonly OsTransferable[]): void;
+  /** Bytes accepted by `send` that the kernel has not taken yet. */
+  readonly bufferedAmount: number;
+  /** Resolves once `bufferedAmount` is at most `threshold`. */
+  drained(threshold?: number, options?: OsWaitOptions): Promise<void>;
+  /** A new, independent handle on the same channel. */
+  clone(): OsSender;
+  /** Releases the handle (queued messages are still delivered). */
+  close(): void;
+  /** Why the handle is unusable, or undefined while it is usable. */
+  readonly closedReason: string | undefined;
+}
+
+/** The receiving end of an OS channel. */
+export interface OsReceiver {
+  /** A message if one is waiting, else undefined. Throws "Disconnected". */
+  tryRecv(): OsMessage | undefined;
+  /** Blocks the thread until a message arrives. */
+  recvSync(): OsMessage;
+  /** Waits without blocking the event loop or holding a thread per call. */
+  recv(options?: OsWaitOptions): Promise<OsMessage>;
+  /** Releases the handle; pending `recv` calls reject with kind "Closed". */
+  close(): void;
+  /** Why the handle is unusable, or undefined while it is usable. */
+  readonly closedReason: string | undefined;
+}
+
+/** Credentials of a connected peer, as the kernel reports them. */
+export interface PeerCredentials {
+  /** Process id of the peer when it connected. */
+  readonly pid: number;
+  /** User id of the peer. */
+  readonly uid: number;
+  /** Group id of the peer. */
+  readonly gid: number;
+}
+
+/** A connection accepted by an {@linkcode OsServer}. */
+export interface OsAccepted {
+  /** Receives what the client sends. */
+  readonly receiver: OsReceiver;
+  /** Who the client is. */
+  readonly peer: PeerCredentials;
+}
+
+/** A listening endpoint that clients reach with `connect(name)`. */
+export interface OsServer {
+  /** What clients pass to `connect`. */
+  readonly name: string;
+  /** Waits for the next client. */
+  accept(options?: OsWaitOptions): Promise<OsAccepted>;
+  /** Stops listening and removes the name. */
+  close(): void;
+}
+
+/** One operating system's implementation of channels. */
+export interface OsPlatform {
+  /** A connected pair. */
+  channel(): [OsSender, OsReceiver];
+  /** The sending end of a new connection to a server. */
+  connect(name: string): OsSender;
+  /** A server at a fresh, private name. */
+  listen(): OsServer;
+}

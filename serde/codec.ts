@@ -1,0 +1,326 @@
+/**
+ * The message codec: MessagePack through msgpackr, plus OS handles.
+ *
+ * A value becomes bytes and a list of handles. Each endpoint inside the value
+ * is written as a MessagePack extension holding its index in that list, the
+ * way servo/ipc-channel writes an index into its side vectors.
+ *
+ * msgpackr is used with records off, so every message decodes on its own
+ * (its record mode keeps structure definitions across messages). Before
+ * packing, {@linkcode prepare} walks the value once: it refuses what cannot
+ * be carried (functions, symbols, unknown classes, cycles) and rewrites the
+ * two things msgpackr would silently change: `-0` (packed as the integer 0)
+ * and `Map` (unpacked as a plain object without records).
+ *
+ * @module
+ */
+
+import { addExtension, Packr } from "msgpackr/pack";
+import { IpcError } from "../platform/types.ts";
+
+/** How one endpoint class travels: as which OS handle, and back. */
+export interface HandleType<Endpoint, Outgoing, Incoming> {
+  /** The endpoint class; instances of it are encoded as handles. */
+  readonly Class: { readonly prototype: Endpoint };
+  /** The OS handle to send (throws if the endpoint is unusable). */
+  toHandle(endpoint: Endpoint): Outgoing;
+  /** The endpoint for a received handle. */
+  fromHandle(handle: Incoming): Endpoint;
+}
+
+/** Encoded form of a value. */
+export interface Encoded<Outgoing> {
+  /** MessagePack bytes, valid until the next `encode`. */
+  readonly bytes: Uint8Array;
+  /** The handles the bytes refer to by index. */
+  readonly handles: Outgoing[];
+}
+
+/** A received handle the decoder may adopt once, or close. */
+export interface Closeable {
+  /** Releases the handle. */
+  close(): void;
+}
+
+const MAX_DEPTH = 256;
+const EXTENSION_NEGATIVE_ZERO = 0x10;
+const EXTENSION_MAP = 0x11;
+const EXTENSION_FIRST_HANDLE = 0x12;
+
+class NegativeZero {}
+const NEGATIVE_ZERO = new NegativeZero();
+
+class MapEntries {
+  constructor(readonly entries: unknown[]) {}
+}
+
+const TypedArray = Object.getPrototypeOf(Uint8Array);
+const PLAIN_VIEWS = new Set<unknown>([
+  DataView.prototype,
+  ...[
+    Int8Array,
+    Uint8Array,
+    Uint8ClampedArray,
+    Int16Array,
+    Uint16Array,
+    Int32Array,
+    Uint32Array,
+    Float32Array,
+    Float64Array,
+    BigInt64Array,
+    BigUint64Array,
+  ].map((c) => c.prototype),
+]);
+
+function unsupported(what: string): IpcError {
+  return new IpcError(
+    "Serialization",
+    `cannot send ${what}: messages carry null, undefined, booleans, numbers, bigints, strings, arrays, plain objects, Map, Set, Date, ArrayBuffer, typed arrays and endpoints`,
+  );
+}
+
+function at(error: unknown, key: string): unknown {
+  if (error instanceof IpcError && error.kind === "Serialization") {
+    const path = /^(.*?) \(at (\S*)\)$/s.exec(error.message);
+    return new IpcError(
+      "Serialization",
+      path
+        ? `${path[1]} (at ${key}${path[2]})`
+        : `${error.message} (at ${key})`,
+    );
+  }
+  return error;
+}
+
+/** Encodes values and their endpoints; one per process (extensions are global). */
+export class Codec<Outgoing, Incoming extends Closeable> {
+  readonly #packr: Packr;
+  readonly #endpointPrototypes = new Set<unknown>();
+  #outgoing: Outgoing[] | undefined;
+  #incoming: (Incoming | undefined)[] | undefined;
+  #adopted: Closeable[] = [];
+
+  /** @param types the endpoint classes, in a fixed order (it is the wire tag) */
+  constructor(
+    // deno-lint-ignore no-explicit-any
+    types: readonly HandleType<any, Outgoing, Incoming>[],
+  ) {
+    this.#packr = new Packr({
+      useRecords: false,
+      moreTypes: true,
+      int64AsType: "bigint",
+      copyBuffers: true,
+      writeFunction: () => {
+        throw unsupported("a function");
+      },
+    });
+    addExtension({
+      Class: NegativeZero,
+      type: EXTENSION_NEGATIVE_ZERO,
+      write: () => 0,
+      read: () => -0,
+    });
+    addExtension({
+      Class: MapEntries,
+      type: EXTENSION_MAP,
+      write: (map: MapEntries) => map.entries,
+      read: (entries: unknown) => {
+        if (!Array.isArray(entries) || entries.length % 2 !== 0) {
+          throw new IpcError("Serialization", "a malformed Map");
+        }
+        const map = new Map();
+        for (let i = 0; i < entries.length; i += 2) {
+          map.set(entries[i], entries[i + 1]);
+        }
+        return map;
+      },
+    });
+    types.forEach((type, i) => {
+      this.#endpointPrototypes.add(type.Class.prototype);
+      addExtension({
+        // msgpackr only tests `instanceof`, which a private constructor passes.
+        Class: type.Class as unknown as new () => unknown,
+        type: EXTENSION_FIRST_HANDLE + i,
+        write: (endpoint: unknown) => this.#writeHandle(type, endpoint),
+        read: (index: unknown) => this.#readHandle(type, index),
+      });
+    });
+  }
+
+  // deno-lint-ignore no-explicit-any
+  #writeHandle(type: HandleType<any, Outgoing, Incoming>, endpoint: unknown) {
+    if (this.#outgoing === undefined) {
+      throw new IpcError(
+        "Serialization",
+        "endpoints can only be packed by the channel codec",
+      );
+    }
+    return this.#outgoing.push(type.toHandle(endpoint)) - 1;
+  }
+
+  // deno-lint-ignore no-explicit-any
+  #readHandle(type: HandleType<any, Outgoing, Incoming>, index: unknown) {
+    const incoming = this.#incoming;
+    if (
+      incoming === undefined || typeof index !== "number" ||
+      !Number.isInteger(index) || index < 0 || index >= incoming.length
+    ) {
+      throw new IpcError(
+        "Serialization",
+        `the message refers to handle ${
+          String(index)
+        }, which it does not carry`,
+      );
+    }
+    const handle = incoming[index];
+    if (handle === undefined) {
+      throw new IpcError(
+        "Serialization",
+        `the message uses handle ${index} twice`,
+      );
+    }
+    incoming[index] = undefined;
+    const endpoint = type.fromHandle(handle);
+    this.#adopted.push(endpoint as Closeable);
+    return endpoint;
+  }
+
+  /** Checks `value` and rewrites what msgpackr would change; see the module doc. */
+  #prepare(value: unknown, depth: number): unknown {
+    switch (typeof value) {
+      case "number":
+        return Object.is(value, -0) ? NEGATIVE_ZERO : value;
+      case "string":
+      case "boolean":
+      case "undefined":
+      case "bigint":
+        return value;
+      case "function":
+        throw unsupported("a function");
+      case "symbol":
+        throw unsupported("a symbol");
+    }
+    if (value === null) return null;
+    if (depth > MAX_DEPTH) {
+      throw new IpcError(
+        "Serialization",
+        `cannot send a value nested deeper than ${MAX_DEPTH} levels (or a circular one)`,
+      );
+    }
+    const object = value as object;
+    const prototype = Object.getPrototypeOf(object);
+    if (prototype === Object.prototype || prototype === null) {
+      const record = object as Record<string, unknown>;
+      let copy: Record<string, unknown> | undefined;
+      for (const key in record) {
+        const child = record[key];
+        let prepared: unknown;
+        try {
+          prepared = this.#prepare(child, depth + 1);
+        } catch (error) {
+          throw at(error, `.${key}`);
+        }
+        if (prepared !== child) copy ??= { ...record };
+        if (copy !== undefined) copy[key] = prepared;
+      }
+      return copy ?? value;
+    }
+    if (prototype === Array.prototype) {
+      const array = object as unknown[];
+      let copy: unknown[] | undefined;
+      for (let i = 0; i < array.length; i++) {
+        const child = array[i];
+        let prepared: unknown;
+        try {
+          prepared = this.#prepare(child, depth + 1);
+        } catch (error) {
+          throw at(error, `[${i}]`);
+        }
+        if (prepared !== child) copy ??= array.slice();
+        if (copy !== undefined) copy[i] = prepared;
+      }
+      return copy ?? value;
+    }
+    if (prototype === Map.prototype) {
+      const entries: unknown[] = [];
+      for (const [key, child] of object as Map<unknown, unknown>) {
+        try {
+          entries.push(
+            this.#prepare(key, depth + 1),
+            this.#prepare(child, depth + 1),
+          );
+        } catch (error) {
+          throw at(error, `.get(${String(key)})`);
+        }
+      }
+      return new MapEntries(entries);
+    }
+    if (prototype === Set.prototype) {
+      const set = object as Set<unknown>;
+      let changed = false;
+      const members: unknown[] = [];
+      for (const member of set) {
+        const prepared = this.#prepare(member, depth + 1);
+        changed ||= prepared !== member;
+        members.push(prepared);
+      }
+      return changed ? new Set(members) : value;
+    }
+    if (
+      prototype === Date.prototype || prototype === ArrayBuffer.prototype ||
+      PLAIN_VIEWS.has(prototype) || this.#endpointPrototypes.has(prototype)
+    ) {
+      return value;
+    }
+    if (object instanceof TypedArray || ArrayBuffer.isView(object)) {
+      throw unsupported(`a subclass of ${prototype.constructor?.name}`);
+    }
+    const name = prototype?.constructor?.name;
+    throw unsupported(name ? `an instance of class ${name}` : "this object");
+  }
+
+  /**
+   * Encodes `value`. Throws kind "Serialization" for what cannot be sent;
+   * nothing is retained from a failed call.
+   */
+  encode(value: unknown): Encoded<Outgoing> {
+    const prepared = this.#prepare(value, 0);
+    this.#outgoing = [];
+    try {
+      return { bytes: this.#packr.pack(prepared), handles: this.#outgoing };
+    } catch (error) {
+      if (error instanceof IpcError) throw error;
+      throw new IpcError("Serialization", `cannot encode the value: ${error}`, {
+        cause: error,
+      });
+    } finally {
+      this.#outgoing = undefined;
+    }
+  }
+
+  /**
+   * Decodes `bytes`, adopting the handles the value refers to and closing the
+   * rest. On failure every handle, adopted or not, is released.
+   */
+  decode(bytes: Uint8Array, handles: readonly Incoming[]): unknown {
+    this.#incoming = [...handles];
+    this.#adopted = [];
+    try {
+      return this.#packr.unpack(bytes);
+    } catch (error) {
+      for (const endpoint of this.#adopted) endpoint.close();
+      if (error instanceof IpcError) throw error;
+      throw new IpcError(
+        "Serialization",
+        `cannot decode the message: ${
+          error instanceof Error ? error.message : error
+        }`,
+        { cause: error },
+      );
+    } finally {
+      for (const handle of this.#incoming) handle?.close();
+      this.#incoming = undefined;
+      this.#adopted = [];
+    }
+  }
+}
