@@ -31,7 +31,9 @@ import {
   type OsSender,
   type OsServer,
   type OsTransferable,
+  type PeerCredentials,
 } from "./platform/types.ts";
+import { Waiters } from "./platform/waiters.ts";
 import { Codec } from "./serde/codec.ts";
 
 export {
@@ -884,13 +886,200 @@ export function bytesChannel(): [IpcBytesSender, IpcBytesReceiver] {
   return [wrapBytesSender(sender), wrapBytesReceiver(receiver)];
 }
 
+/** A client accepted by an {@linkcode IpcServer}. */
+export interface IpcConnection<T> {
+  /** Receives what this client sends. */
+  receiver: IpcReceiver<T>;
+  /** The client's first message. */
+  first: T;
+  /** Who the client is, as the kernel reports it (not the client's word). */
+  peer: PeerCredentials;
+}
+
+/** Options for {@linkcode IpcServer}. */
+export interface IpcServerOptions {
+  /**
+   * Accept clients running as another user. Off by default: only the
+   * server's own user can even reach the name, and a client of another uid
+   * (root, say) is refused unless this is set.
+   */
+  allowOtherUsers?: boolean;
+}
+
+/**
+ * A server that accepts any number of clients, each on its own channel (the
+ * Rust crate's missing multi-client listener). Clients connect with
+ * {@linkcode IpcSender.connect}; a client is accepted once its first message
+ * arrives, so a client that connects and dies, or sends garbage, never
+ * disturbs the others.
+ *
+ * @example
+ * ```ts
+ * import { IpcSender, IpcServer } from "@ipc/channel";
+ * using server = new IpcServer<string>();
+ * using a = IpcSender.connect<string>(server.name);
+ * using b = IpcSender.connect<string>(server.name);
+ * a.send("from a");
+ * b.send("from b");
+ * for (let i = 0; i < 2; i++) {
+ *   const { receiver, first, peer } = await server.accept();
+ *   console.log(first, peer.pid === Deno.pid);
+ *   receiver.close();
+ * }
+ * ```
+ */
+export class IpcServer<T> {
+  /** What clients pass to {@linkcode IpcSender.connect}. */
+  readonly name: string;
+  readonly #os: OsServer;
+  readonly #allowOtherUsers: boolean;
+  readonly #ready: IpcConnection<T>[] = [];
+  readonly #handshakes = new Set<IpcReceiver<T>>();
+  readonly #waiters = new Waiters<IpcConnection<T>>("no client connected");
+  #listening: AbortController | undefined;
+  #closed = false;
+
+  /** Listens at a fresh, unguessable name in a directory only this user can enter. */
+  constructor(options: IpcServerOptions = {}) {
+    this.#os = platform().listen();
+    this.name = this.#os.name;
+    this.#allowOtherUsers = options.allowOtherUsers ?? false;
+  }
+
+  /**
+   * Waits for the next client whose first message has arrived.
+   *
+   * @example
+   * ```ts
+   * import { IpcSender, IpcServer } from "@ipc/channel";
+   * using server = new IpcServer<number>();
+   * using tx = IpcSender.connect<number>(server.name);
+   * tx.send(1);
+   * const { receiver, first } = await server.accept();
+   * console.log(first); // 1
+   * receiver.close();
+   * ```
+   */
+  accept(options?: RecvOptions): Promise<IpcConnection<T>> {
+    const ready = this.#ready.shift();
+    if (ready !== undefined) return Promise.resolve(ready);
+    if (this.#closed) {
+      return Promise.reject(new IpcError("Closed", "the server is closed"));
+    }
+    const accepted = this.#waiters.add(undefined, options, () => {
+      if (this.#waiters.size === 0) this.#listening?.abort();
+    });
+    this.#listen();
+    return accepted;
+  }
+
+  /** Accepts connections while someone waits for one. */
+  async #listen(): Promise<void> {
+    if (this.#listening !== undefined) return;
+    const uid = platform().processUid();
+    while (!this.#closed && this.#waiters.size > 0) {
+      this.#listening = new AbortController();
+      let accepted;
+      try {
+        accepted = await this.#os.accept({ signal: this.#listening.signal });
+      } catch (error) {
+        if (this.#closed || this.#listening.signal.aborted) break;
+        this.#listening = undefined;
+        this.#waiters.rejectAll(error);
+        return;
+      }
+      if (!this.#allowOtherUsers && accepted.peer.uid !== uid) {
+        accepted.receiver.close();
+        continue;
+      }
+      this.#handshake(wrapReceiver<T>(accepted.receiver), accepted.peer);
+    }
+    this.#listening = undefined;
+  }
+
+  #handshake(receiver: IpcReceiver<T>, peer: PeerCredentials): void {
+    this.#handshakes.add(receiver);
+    receiver.recv().then(
+      (first) => {
+        this.#handshakes.delete(receiver);
+        const connection = { receiver, first, peer };
+        if (this.#closed) receiver.close();
+        else if (this.#waiters.size > 0) this.#waiters.resolveFirst(connection);
+        else this.#ready.push(connection);
+      },
+      () => {
+        // Died before its first message, or sent garbage: only it is dropped.
+        this.#handshakes.delete(receiver);
+        receiver.close();
+      },
+    );
+  }
+
+  /**
+   * Yields clients until {@linkcode IpcServer.close}.
+   *
+   * @example
+   * ```ts
+   * import { IpcSender, IpcServer } from "@ipc/channel";
+   * const server = new IpcServer<string>();
+   * using tx = IpcSender.connect<string>(server.name);
+   * tx.send("hi");
+   * for await (const { receiver, first } of server) {
+   *   console.log(first);
+   *   receiver.close();
+   *   server.close();
+   * }
+   * ```
+   */
+  async *[Symbol.asyncIterator](): AsyncGenerator<
+    IpcConnection<T>,
+    void,
+    undefined
+  > {
+    for (;;) {
+      try {
+        yield await this.accept();
+      } catch (error) {
+        if (error instanceof IpcError && error.kind === "Closed") return;
+        throw error;
+      }
+    }
+  }
+
+  /**
+   * Stops listening, removes the name, and drops clients not yet accepted.
+   *
+   * @example
+   * ```ts
+   * import { IpcServer } from "@ipc/channel";
+   * new IpcServer<string>().close();
+   * ```
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#os.close();
+    this.#listening?.abort();
+    for (const receiver of this.#handshakes) receiver.close();
+    this.#handshakes.clear();
+    for (const { receiver } of this.#ready.splice(0)) receiver.close();
+    this.#waiters.rejectAll(new IpcError("Closed", "the server was closed"));
+  }
+
+  /** Same as {@linkcode IpcServer.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
 /**
  * Bootstraps a channel between two processes: publish
  * {@linkcode IpcOneShotServer.name} (e.g. in an environment variable), let
  * the other process {@linkcode IpcSender.connect} to it, then
  * {@linkcode IpcOneShotServer.accept}. Either side may go first. The name is
  * a socket in a fresh directory only this user can enter, removed on
- * `close()`, on accept, and at normal exit.
+ * `close()`, on accept, and at normal exit. For many clients, use
+ * {@linkcode IpcServer}.
  *
  * @example
  * ```ts
@@ -907,17 +1096,17 @@ export function bytesChannel(): [IpcBytesSender, IpcBytesReceiver] {
 export class IpcOneShotServer<T> {
   /** What the client passes to {@linkcode IpcSender.connect}. */
   readonly name: string;
-  readonly #os: OsServer;
+  readonly #server: IpcServer<T>;
 
   /** Listens at a fresh private name. */
   constructor() {
-    this.#os = platform().listen();
-    this.name = this.#os.name;
+    this.#server = new IpcServer<T>();
+    this.name = this.#server.name;
   }
 
   /**
    * Waits for the client and its first message. The server closes once a
-   * client connects: one server, one client.
+   * client is accepted: one server, one client.
    *
    * @example
    * ```ts
@@ -931,14 +1120,11 @@ export class IpcOneShotServer<T> {
    * ```
    */
   async accept(options?: RecvOptions): Promise<[IpcReceiver<T>, T]> {
-    const accepted = await this.#os.accept(options);
-    this.#os.close();
-    const receiver = wrapReceiver<T>(accepted.receiver);
     try {
-      return [receiver, await receiver.recv(options)];
-    } catch (error) {
-      receiver.close();
-      throw error;
+      const { receiver, first } = await this.#server.accept(options);
+      return [receiver, first];
+    } finally {
+      this.#server.close();
     }
   }
 
@@ -952,11 +1138,196 @@ export class IpcOneShotServer<T> {
    * ```
    */
   close(): void {
-    this.#os.close();
+    this.#server.close();
   }
 
   /** Same as {@linkcode IpcOneShotServer.close}, for `using`. */
   [Symbol.dispose](): void {
     this.close();
+  }
+}
+
+/** The environment variable that carries a spawned child's bootstrap name. */
+const PARENT_ENV = "IPC_CHANNEL_PARENT";
+
+/** What a child sends its parent first: the way back to it. */
+interface Hello {
+  toChild: IpcSender<unknown>;
+}
+
+/** Options for {@linkcode spawn}. */
+export interface SpawnOptions {
+  /** Arguments after the module, in the child's `Deno.args`. */
+  args?: string[];
+  /**
+   * Flags for `deno run`, e.g. `["--allow-read"]`. `--allow-ffi` is added
+   * when neither it nor `-A` is present: the child needs it to connect.
+   */
+  denoArgs?: string[];
+  /** Extra environment variables for the child. */
+  env?: Record<string, string>;
+  /** The child's stdin/stdout/stderr; inherited by default. */
+  stdin?: "inherit" | "piped" | "null";
+  /** See {@linkcode SpawnOptions.stdin}. */
+  stdout?: "inherit" | "piped" | "null";
+  /** See {@linkcode SpawnOptions.stdin}. */
+  stderr?: "inherit" | "piped" | "null";
+  /** Gives up (and kills the child) if it has not connected when this aborts. */
+  signal?: AbortSignal;
+}
+
+/** A child started by {@linkcode spawn}, with typed channels both ways. */
+export interface SpawnedProcess<Send, Recv> extends AsyncDisposable {
+  /** Sends to the child's `connectToParent().receiver`. */
+  sender: IpcSender<Send>;
+  /** Receives what the child's `connectToParent().sender` sends. */
+  receiver: IpcReceiver<Recv>;
+  /** The child's process id. */
+  pid: number;
+  /** Resolves when the child exits, with its code or signal. */
+  status: Promise<Deno.CommandStatus>;
+  /** The underlying process, for piped stdio. */
+  process: Deno.ChildProcess;
+  /** Sends the child a signal (default SIGTERM); does nothing once it has exited. */
+  kill(signal?: Deno.Signal): void;
+}
+
+function describeExit(status: Deno.CommandStatus): string {
+  return status.signal !== null
+    ? `killed by ${status.signal}`
+    : `exit code ${status.code}`;
+}
+
+/**
+ * Starts a Deno module in a new process and connects to it: the child calls
+ * {@linkcode connectToParent}. Resolves once the child has connected. The
+ * bootstrap name travels in the child's environment (readable only by this
+ * user), never on its command line, and only the spawned pid may use it.
+ * Needs `--allow-run` (and `--allow-read` for `Deno.execPath()`).
+ *
+ * @example
+ * ```ts ignore
+ * import { spawn } from "@ipc/channel";
+ * await using worker = await spawn<number, number>("./square.ts");
+ * worker.sender.send(7);
+ * console.log(await worker.receiver.recv()); // 49
+ * ```
+ */
+export async function spawn<Send, Recv>(
+  module: string | URL,
+  options: SpawnOptions = {},
+): Promise<SpawnedProcess<Send, Recv>> {
+  using server = new IpcServer<Hello>();
+  const denoArgs = [...(options.denoArgs ?? [])];
+  if (
+    !denoArgs.some((a) =>
+      a === "-A" || a === "--allow-all" || a.startsWith("--allow-ffi")
+    )
+  ) {
+    denoArgs.push("--allow-ffi");
+  }
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", ...denoArgs, String(module), ...(options.args ?? [])],
+    env: { ...options.env, [PARENT_ENV]: server.name },
+    stdin: options.stdin ?? "inherit",
+    stdout: options.stdout ?? "inherit",
+    stderr: options.stderr ?? "inherit",
+  }).spawn();
+  let exited = false;
+  const status = child.status.then((status) => {
+    exited = true;
+    return status;
+  });
+  const kill = (signal: Deno.Signal = "SIGTERM") => {
+    if (exited) return;
+    try {
+      child.kill(signal);
+    } catch {
+      // It exited between the check and the call.
+    }
+  };
+  let connection: IpcConnection<Hello>;
+  try {
+    const gaveUp = new AbortController();
+    const onAbort = () => gaveUp.abort(options.signal?.reason);
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    status.then((s) =>
+      gaveUp.abort(
+        new IpcError(
+          "Disconnected",
+          `the child exited (${describeExit(s)}) before connecting`,
+        ),
+      )
+    );
+    try {
+      for (;;) {
+        connection = await server.accept({ signal: gaveUp.signal });
+        if (
+          connection.peer.pid === child.pid &&
+          connection.first?.toChild instanceof IpcSender
+        ) break;
+        connection.receiver.close();
+      }
+    } finally {
+      options.signal?.removeEventListener("abort", onAbort);
+    }
+  } catch (error) {
+    kill("SIGKILL");
+    await status;
+    throw error;
+  }
+  const sender = connection.first.toChild as IpcSender<Send>;
+  const receiver = connection.receiver as unknown as IpcReceiver<Recv>;
+  return {
+    sender,
+    receiver,
+    pid: child.pid,
+    status,
+    process: child,
+    kill,
+    async [Symbol.asyncDispose]() {
+      sender.close();
+      receiver.close();
+      kill();
+      await status;
+    },
+  };
+}
+
+/**
+ * In a process started by {@linkcode spawn}: the channels to the parent.
+ * Rejects kind "Io" in a process that `spawn` did not start. Once the
+ * parent dies, `receiver.recv()` rejects "Disconnected".
+ *
+ * @example
+ * ```ts ignore
+ * import { connectToParent } from "@ipc/channel";
+ * const { sender, receiver } = await connectToParent<number, number>();
+ * for await (const n of receiver) sender.send(n * n);
+ * ```
+ */
+export function connectToParent<Send, Recv>(): Promise<
+  { sender: IpcSender<Send>; receiver: IpcReceiver<Recv> }
+> {
+  try {
+    const name = platform().takeEnv(PARENT_ENV);
+    if (!name) {
+      throw new IpcError(
+        "Io",
+        `connectToParent(): this process was not started by spawn() (${PARENT_ENV} is not set)`,
+      );
+    }
+    const hello = IpcSender.connect<Hello>(name);
+    const [toChild, receiver] = channel<Recv>();
+    try {
+      hello.send({ toChild: toChild as IpcSender<unknown> });
+    } finally {
+      // Only the parent holds the way in: its death ends our receiver.
+      toChild.close();
+    }
+    const sender = hello.toOpaque().to<Send>();
+    return Promise.resolve({ sender, receiver });
+  } catch (error) {
+    return Promise.reject(error);
   }
 }

@@ -58,6 +58,7 @@ const symbols = {
   rmdir: { parameters: ["buffer"], result: "i32" },
   unlink: { parameters: ["buffer"], result: "i32" },
   getenv: { parameters: ["buffer"], result: "pointer" },
+  unsetenv: { parameters: ["buffer"], result: "i32" },
   getuid: { parameters: [], result: "u32" },
   getpid: { parameters: [], result: "i32" },
   strerror: { parameters: ["i32"], result: "pointer" },
@@ -104,6 +105,13 @@ export function cString(text: string): Uint8Array<ArrayBuffer> {
 export function getenv(name: string): string | undefined {
   const value = libc().getenv(cString(name));
   return value === null ? undefined : Deno.UnsafePointerView.getCString(value);
+}
+
+/** Reads and removes an environment variable, without Deno's env permission. */
+export function takeEnv(name: string): string | undefined {
+  const value = getenv(name);
+  if (value !== undefined) libc().unsetenv(cString(name));
+  return value;
 }
 
 /** The address of a buffer's first byte, for a pointer field in a struct. */

@@ -64,6 +64,7 @@ import {
   SOCK_SEQPACKET,
   SOCKADDR_UN_PATH_MAX,
   SOL_SOCKET,
+  takeEnv,
   UCRED_SIZE,
 } from "../ffi/libc.ts";
 import { poller } from "./epoll.ts";
@@ -293,58 +294,79 @@ function readSealedBody(fd: number, declared: bigint): Uint8Array {
 // Sending.
 
 interface Packet {
-  header: Uint8Array;
+  kind: typeof KIND_INLINE | typeof KIND_MEMFD;
+  /** The inline body (empty for a memfd packet). */
   body: Uint8Array;
+  /** The body length a memfd packet announces. */
+  length: number;
   fds: number[];
   /** Descriptors this packet owns and closes once sent or dropped. */
   owned: number[];
   size: number;
 }
 
+/** Bodies up to this size are copied next to the header: cheaper than
+ * asking Deno for their address. */
+const STAGED_BODY = 4096;
+const staging = new Uint8Array(MEMFD_HEADER + STAGED_BODY);
+const stagingView = new DataView(staging.buffer);
 const sendHeader = new Uint8Array(MSGHDR.size);
 const sendHeaderView = new DataView(sendHeader.buffer);
 const sendIovecs = new Uint8Array(2 * IOVEC_SIZE);
 const sendIovecView = new DataView(sendIovecs.buffer);
 const sendControl = new Uint8Array(cmsgSpace(4 * SCM_MAX_FD));
 const sendControlView = new DataView(sendControl.buffer);
+let sendControlAddress = 0n;
 let sendReady = false;
 
 function prepareSend(): void {
   if (sendReady) return;
   sendHeaderView.setBigUint64(MSGHDR.iov, addressOf(sendIovecs), true);
+  sendIovecView.setBigUint64(0, addressOf(staging), true);
+  sendControlAddress = addressOf(sendControl);
   sendReady = true;
 }
 
 /** Sends one packet without blocking: 0 when sent, else the errno. */
 function transmit(fd: number, packet: Packet): number {
   prepareSend();
-  sendIovecView.setBigUint64(0, addressOf(packet.header), true);
-  sendIovecView.setUint32(8, packet.header.length, true);
-  sendIovecView.setUint32(12, 0, true);
-  let iovecs = 1;
-  if (packet.body.length > 0) {
-    sendIovecView.setBigUint64(16, addressOf(packet.body), true);
-    sendIovecView.setBigUint64(24, BigInt(packet.body.length), true);
-    iovecs = 2;
-  }
-  sendHeaderView.setUint32(MSGHDR.iovlen, iovecs, true);
   const fds = packet.fds;
+  stagingView.setUint16(0, MAGIC, true);
+  staging[2] = packet.kind;
+  staging[3] = 0;
+  stagingView.setUint32(4, fds.length, true);
+  let headerLength = HEADER;
+  if (packet.kind === KIND_MEMFD) {
+    stagingView.setBigUint64(8, BigInt(packet.length), true);
+    headerLength = MEMFD_HEADER;
+  }
+  const body = packet.body;
+  if (body.length <= STAGED_BODY) {
+    staging.set(body, headerLength);
+    sendIovecView.setUint32(8, headerLength + body.length, true);
+    sendHeaderView.setUint32(MSGHDR.iovlen, 1, true);
+  } else {
+    sendIovecView.setUint32(8, headerLength, true);
+    sendIovecView.setBigUint64(16, addressOf(body), true);
+    sendIovecView.setUint32(24, body.length, true);
+    sendHeaderView.setUint32(MSGHDR.iovlen, 2, true);
+  }
   if (fds.length > 0) {
-    sendControlView.setBigUint64(0, BigInt(CMSG_HEADER + 4 * fds.length), true);
+    sendControlView.setUint32(0, CMSG_HEADER + 4 * fds.length, true);
     sendControlView.setInt32(8, SOL_SOCKET, true);
     sendControlView.setInt32(12, SCM_RIGHTS, true);
     for (let i = 0; i < fds.length; i++) {
       sendControlView.setInt32(CMSG_HEADER + 4 * i, fds[i], true);
     }
-    sendHeaderView.setBigUint64(MSGHDR.control, addressOf(sendControl), true);
-    sendHeaderView.setBigUint64(
+    sendHeaderView.setBigUint64(MSGHDR.control, sendControlAddress, true);
+    sendHeaderView.setUint32(
       MSGHDR.controllen,
-      BigInt(cmsgSpace(4 * fds.length)),
+      cmsgSpace(4 * fds.length),
       true,
     );
   } else {
     sendHeaderView.setBigUint64(MSGHDR.control, 0n, true);
-    sendHeaderView.setBigUint64(MSGHDR.controllen, 0n, true);
+    sendHeaderView.setUint32(MSGHDR.controllen, 0, true);
   }
   const lc = libc();
   for (;;) {
@@ -355,12 +377,14 @@ function transmit(fd: number, packet: Packet): number {
 }
 
 function inlinePacket(data: Uint8Array, fds: number[]): Packet {
-  const header = new Uint8Array(HEADER);
-  const view = new DataView(header.buffer);
-  view.setUint16(0, MAGIC, true);
-  header[2] = KIND_INLINE;
-  view.setUint32(4, fds.length, true);
-  return { header, body: data, fds, owned: [], size: data.length };
+  return {
+    kind: KIND_INLINE,
+    body: data,
+    length: data.length,
+    fds,
+    owned: [],
+    size: data.length,
+  };
 }
 
 /** Copies `data` into a sealed memfd and returns a packet that owns it. */
@@ -393,15 +417,10 @@ function memfdPacket(data: Uint8Array, fds: number[]): Packet {
     closeFd(memfd);
     throw error;
   }
-  const header = new Uint8Array(MEMFD_HEADER);
-  const view = new DataView(header.buffer);
-  view.setUint16(0, MAGIC, true);
-  header[2] = KIND_MEMFD;
-  view.setUint32(4, fds.length + 1, true);
-  view.setBigUint64(8, BigInt(data.length), true);
   return {
-    header,
+    kind: KIND_MEMFD,
     body: new Uint8Array(0),
+    length: data.length,
     fds: [...fds, memfd],
     owned: [memfd],
     size: data.length,
@@ -571,7 +590,7 @@ class LinuxSender implements OsSender {
     // The caller may reuse its buffer once send returns.
     const body = packet.body.length > 0 ? packet.body.slice() : packet.body;
     const queued: Packet = {
-      header: packet.header,
+      ...packet,
       body,
       fds: [...owned, ...packet.owned],
       owned: [...owned, ...packet.owned],
@@ -1067,6 +1086,8 @@ export const linux: OsPlatform = {
   channel,
   connect,
   listen: () => new LinuxServer(),
+  processUid: () => libc().getuid(),
+  takeEnv,
 };
 
 /** Resolves once no wait is parked (tests use it before their op check). */

@@ -165,4 +165,11 @@ export interface OsPlatform {
   connect(name: string): OsSender;
   /** A server at a fresh, private name. */
   listen(): OsServer;
+  /** The user id this process runs as. */
+  processUid(): number;
+  /**
+   * Reads and removes an environment variable (how `spawn` hands a child its
+   * bootstrap name), without needing Deno's env permission.
+   */
+  takeEnv(name: string): string | undefined;
 }

@@ -15,7 +15,9 @@
  * @module
  */
 
-import { addExtension, Packr } from "msgpackr/pack";
+// An inline npm: specifier (not an import-map entry) so that the module
+// resolves the same from JSR, from a URL, or from a local path.
+import { addExtension, Packr } from "npm:msgpackr@^1.12.1/pack";
 import { IpcError } from "../platform/types.ts";
 
 /** How one endpoint class travels: as which OS handle, and back. */
