@@ -983,7 +983,9 @@ export class IpcServer<T> {
       try {
         accepted = await this.#os.accept({ signal: this.#listening.signal });
       } catch (error) {
-        if (this.#closed || this.#listening.signal.aborted) break;
+        if (this.#closed) break;
+        // Aborted because nobody waited; someone may have come since.
+        if (this.#listening.signal.aborted) continue;
         this.#listening = undefined;
         this.#waiters.rejectAll(error);
         return;
@@ -1006,6 +1008,9 @@ export class IpcServer<T> {
         if (this.#closed) receiver.close();
         else if (this.#waiters.size > 0) this.#waiters.resolveFirst(connection);
         else this.#ready.push(connection);
+        // Nobody waits any more: stop listening, so an idle server keeps
+        // neither the poller nor the process alive.
+        if (this.#waiters.size === 0) this.#listening?.abort();
       },
       () => {
         // Died before its first message, or sent garbage: only it is dropped.

@@ -1,0 +1,136 @@
+import {
+  deepStrictEqual as assertEquals,
+  ok,
+  rejects,
+  throws,
+} from "node:assert/strict";
+import { channel, connectToParent, type IpcReceiver, spawn } from "../mod.ts";
+import { fixture, ipcError, openFds, settled } from "./helpers.ts";
+
+const ECHO = fixture("spawn_echo.ts");
+
+Deno.test("spawn connects typed channels both ways", async () => {
+  await using child = await spawn<unknown, unknown>(ECHO);
+  const value = { n: 1, list: [1, 2], map: new Map([["k", 2n]]) };
+  child.sender.send(value);
+  assertEquals(await child.receiver.recv(), value);
+  ok(child.pid > 0);
+  await settled();
+});
+
+Deno.test("connectToParent outside spawn rejects kind Io", async () => {
+  await rejects(connectToParent(), (e: Error) => {
+    ipcError("Io")(e);
+    ok(/not started by spawn/.test(e.message));
+    return true;
+  });
+});
+
+Deno.test("a child SIGKILLed mid-stream: recv and send fail Disconnected, no fd left", async () => {
+  const before = openFds();
+  const child = await spawn<never, number>(fixture("spawn_stream.ts"));
+  for (let i = 0; i < 50; i++) assertEquals(await child.receiver.recv(), i);
+  // A recv that is pending when the child dies.
+  const pending = (async () => {
+    for (;;) await child.receiver.recv();
+  })();
+  child.kill("SIGKILL");
+  const killedAt = performance.now();
+  await rejects(pending, ipcError("Disconnected"));
+  // The issue asks for 100 ms; the bound here only guards against a hang on
+  // a loaded 2-core machine.
+  ok(performance.now() - killedAt < 5000);
+  const status = await child.status;
+  assertEquals(status.signal, "SIGKILL");
+  throws(() => child.sender.send(undefined as never), ipcError("Disconnected"));
+  child.sender.close();
+  child.receiver.close();
+  await settled();
+  assertEquals(openFds(), before);
+});
+
+Deno.test("a module that throws before connecting makes spawn reject with its exit code", async () => {
+  await rejects(spawn(fixture("spawn_throws.ts"), { stderr: "null" }), (e) => {
+    ipcError("Disconnected")(e);
+    ok(/exit code 1/.test((e as Error).message), (e as Error).message);
+    return true;
+  });
+});
+
+Deno.test("a module that throws after connecting: Disconnected, then its exit code", async () => {
+  const child = await spawn<unknown, unknown>(ECHO, { stderr: "null" });
+  child.sender.send("throw");
+  await rejects(child.receiver.recv(), ipcError("Disconnected"));
+  assertEquals((await child.status).code, 1);
+  child.sender.close();
+  child.receiver.close();
+  await settled();
+});
+
+Deno.test("when the parent dies, the child's recv rejects Disconnected and it exits cleanly", async () => {
+  const middle = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-ffi",
+      "--allow-run",
+      "--allow-read",
+      fixture("spawn_middle.ts"),
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = middle.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let output = "";
+  while (!/grandchild \d+\n/.test(output)) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    output += value;
+  }
+  middle.kill("SIGKILL");
+  await middle.status;
+  // The grandchild shares the pipe; it closes once the grandchild exits.
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    output += value;
+  }
+  ok(output.includes("orphan saw Disconnected"), output);
+});
+
+Deno.test("a receiver travels A→B→C and C reads what A sends", async () => {
+  const [tx, rx] = channel<string>();
+  await using b = await spawn<{ receiver: IpcReceiver<string> }, string[]>(
+    fixture("spawn_relay.ts"),
+    {
+      args: ["forward"],
+      denoArgs: ["--allow-ffi", "--allow-run", "--allow-read"],
+    },
+  );
+  b.sender.send({ receiver: rx });
+  throws(() => rx.tryRecv(), ipcError("Closed"));
+  for (const word of ["one", "two", "three"]) tx.send(word);
+  assertEquals(await b.receiver.recv(), ["one", "two", "three"]);
+  tx.close();
+  await settled();
+});
+
+Deno.test("many children fan in to one receiver, each in its own order", async () => {
+  const [tx, rx] = channel<string>();
+  const children = await Promise.all(
+    [0, 1, 2].map(() => spawn<typeof tx, never>(fixture("spawn_fan_in.ts"))),
+  );
+  for (const child of children) child.sender.send(tx);
+  tx.close();
+  const seen = new Map<string, number[]>();
+  for await (const message of rx) {
+    const [pid, i] = message.split(":");
+    seen.set(pid, [...(seen.get(pid) ?? []), Number(i)]);
+  }
+  assertEquals(seen.size, 3);
+  for (const list of seen.values()) {
+    assertEquals(list, [...Array(10).keys()]);
+  }
+  for (const child of children) await child[Symbol.asyncDispose]();
+  rx.close();
+  await settled();
+});
