@@ -1453,3 +1453,150 @@ export class IpcReceiverSet {
     this.close();
   }
 }
+
+/** Options for a {@linkcode RouterProxy}. */
+export interface RouterOptions {
+  /**
+   * Called with what a route callback threw (or a message that could not be
+   * decoded); the router keeps going. Defaults to `console.error`.
+   */
+  onError?: (error: unknown) => void;
+}
+
+/**
+ * Routes receivers to callbacks (Rust's `RouterProxy`): one
+ * {@linkcode IpcReceiverSet} and one wait serve every route. Callbacks run on
+ * the event loop, in message order per receiver. A callback that throws does
+ * not stop the router; a route ends when its channel disconnects. While no
+ * route is left, the router waits on nothing, so it never keeps the process
+ * alive by itself.
+ *
+ * @example
+ * ```ts
+ * import { channel, RouterProxy } from "@ipc/channel";
+ * const router = new RouterProxy();
+ * const [tx, rx] = channel<string>();
+ * const { promise, resolve } = Promise.withResolvers<string>();
+ * router.addTypedRoute(rx, resolve);
+ * tx.send("routed");
+ * console.log(await promise); // "routed"
+ * tx.close();
+ * router.shutdown();
+ * ```
+ */
+export class RouterProxy {
+  #set: IpcReceiverSet | undefined;
+  readonly #routes = new Map<number, (message: OpaqueIpcMessage) => void>();
+  readonly #onError: (error: unknown) => void;
+  #running = false;
+  #shutDown = false;
+
+  /** A router of its own; most programs use {@linkcode ROUTER}. */
+  constructor(options?: RouterOptions) {
+    this.#onError = options?.onError ?? ((error) => console.error(error));
+  }
+
+  /**
+   * Moves `receiver` into the router and calls `callback` with each message,
+   * until every sender of the channel is gone. Throws kind "Closed" after
+   * {@linkcode RouterProxy.shutdown}.
+   *
+   * @example
+   * ```ts
+   * import { channel, RouterProxy } from "@ipc/channel";
+   * const router = new RouterProxy();
+   * const [tx, rx] = channel<number>();
+   * router.addTypedRoute(rx, (n) => console.log(n));
+   * tx.close();
+   * router.shutdown();
+   * ```
+   */
+  addTypedRoute<T>(
+    receiver: IpcReceiver<T>,
+    callback: (value: T) => void,
+  ): void {
+    if (this.#shutDown) {
+      throw new IpcError("Closed", "the router was shut down");
+    }
+    this.#set ??= new IpcReceiverSet();
+    const id = this.#set.add(receiver);
+    this.#routes.set(id, (message) => callback(message.to<T>()));
+    if (!this.#running) this.#run();
+  }
+
+  /**
+   * How many routes are live.
+   *
+   * @example
+   * ```ts
+   * import { RouterProxy } from "@ipc/channel";
+   * console.log(new RouterProxy().size); // 0
+   * ```
+   */
+  get size(): number {
+    return this.#routes.size;
+  }
+
+  async #run(): Promise<void> {
+    this.#running = true;
+    try {
+      while (this.#routes.size > 0 && this.#set !== undefined) {
+        let results: IpcSelectionResult[];
+        try {
+          results = await this.#set.select();
+        } catch (error) {
+          if (error instanceof IpcError && error.kind === "Closed") return;
+          this.#onError(error);
+          continue;
+        }
+        for (const result of results) {
+          if (result.type === "closed") {
+            this.#routes.delete(result.id);
+            continue;
+          }
+          const route = this.#routes.get(result.id);
+          try {
+            if (route === undefined) result.message.close();
+            else route(result.message);
+          } catch (error) {
+            this.#onError(error);
+          }
+        }
+      }
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  /**
+   * Closes every routed receiver and stops the router; idempotent.
+   *
+   * @example
+   * ```ts
+   * import { RouterProxy } from "@ipc/channel";
+   * const router = new RouterProxy();
+   * router.shutdown();
+   * router.shutdown();
+   * ```
+   */
+  shutdown(): void {
+    this.#shutDown = true;
+    this.#routes.clear();
+    this.#set?.close();
+    this.#set = undefined;
+  }
+}
+
+/**
+ * The process's router (Rust's `ROUTER`).
+ *
+ * @example
+ * ```ts
+ * import { channel, ROUTER } from "@ipc/channel";
+ * const [tx, rx] = channel<string>();
+ * ROUTER.addTypedRoute(rx, (text) => console.log(text));
+ * tx.send("hello");
+ * tx.close();
+ * ```
+ */
+export const ROUTER: RouterProxy = new RouterProxy();
