@@ -28,8 +28,10 @@ import {
   type OsIncomingHandle,
   type OsMessage,
   type OsReceiver,
+  type OsReceiverSet,
   type OsSender,
   type OsServer,
+  type OsSharedMemory,
   type OsTransferable,
   type PeerCredentials,
 } from "./platform/types.ts";
@@ -60,6 +62,11 @@ let bytesSenderOs: (endpoint: IpcBytesSender) => OsSender;
 let bytesReceiverOs: (endpoint: IpcBytesReceiver) => OsReceiver;
 let opaqueSenderOs: (endpoint: OpaqueIpcSender) => OsSender;
 let opaqueReceiverOs: (endpoint: OpaqueIpcReceiver) => OsReceiver;
+let takeReceiverOs: (endpoint: IpcReceiver<unknown>, to: string) => OsReceiver;
+let takeOpaqueReceiverOs: (
+  endpoint: OpaqueIpcReceiver,
+  to: string,
+) => OsReceiver;
 
 /** Holds an OS endpoint until it is closed or moved into another wrapper. */
 class Slot<Os extends { close(): void; readonly closedReason?: string }> {
@@ -305,6 +312,7 @@ export class IpcReceiver<T> {
   static {
     wrapReceiver = <T>(os: OsReceiver) => new IpcReceiver<T>(os);
     receiverOs = (endpoint) => endpoint.#slot.get("receiver");
+    takeReceiverOs = (endpoint, to) => endpoint.#slot.take("receiver", to);
   }
 
   /**
@@ -773,6 +781,8 @@ export class OpaqueIpcReceiver {
   static {
     wrapOpaqueReceiver = (os) => new OpaqueIpcReceiver(os);
     opaqueReceiverOs = (endpoint) => endpoint.#slot.get("opaque receiver");
+    takeOpaqueReceiverOs = (endpoint, to) =>
+      endpoint.#slot.take("opaque receiver", to);
   }
 
   /**
@@ -845,6 +855,11 @@ function codec(): Codec<OsTransferable, OsIncomingHandle> {
       Class: OpaqueIpcReceiver,
       toHandle: opaqueReceiverOs,
       fromHandle: (h) => wrapOpaqueReceiver(h.intoReceiver()),
+    },
+    {
+      Class: IpcSharedMemory,
+      toHandle: sharedMemoryOs,
+      fromHandle: (h) => wrapSharedMemory(h.intoSharedMemory()),
     },
   ]);
   return codecInstance;
@@ -1336,3 +1351,628 @@ export function connectToParent<Send, Recv>(): Promise<
     return Promise.reject(error);
   }
 }
+
+// ---------------------------------------------------------------------------
+// Shared memory, opaque messages, receiver sets and the router.
+
+let wrapSharedMemory: (os: OsSharedMemory) => IpcSharedMemory;
+let sharedMemoryOs: (shm: IpcSharedMemory) => OsSharedMemory;
+
+/**
+ * A region of memory shared between processes (Rust's `IpcSharedMemory`): a
+ * memfd mapped `MAP_SHARED`. It travels inside messages at any depth as a
+ * descriptor, and the receiver maps the same pages without copying. Sending
+ * it keeps it usable here.
+ *
+ * Unlike the Rust crate, which exposes it read-only, {@linkcode bytes} is a
+ * live, writable view: a write on one side is seen by every process that
+ * maps the region. Coordinate writers yourself (e.g. by passing the region
+ * back and forth, as in a ping-pong).
+ *
+ * Views taken from {@linkcode bytes} stay safe to use after
+ * {@linkcode close} or {@linkcode take}: the memory is released only once no
+ * view can reach it, so a kept view never reads freed memory (it simply is
+ * no longer the channel's business).
+ *
+ * @example Filling a region and sending it
+ * ```ts
+ * import { channel, IpcSharedMemory } from "@ipc/channel";
+ * const [tx, rx] = channel<{ frame: IpcSharedMemory }>();
+ * using shm = IpcSharedMemory.fromBytes(new Uint8Array([1, 2, 3]));
+ * tx.send({ frame: shm });
+ * using received = (await rx.recv()).frame;
+ * received.bytes[0] = 9;
+ * console.log(shm.bytes[0]); // 9: the same pages
+ * tx.close();
+ * rx.close();
+ * ```
+ */
+export class IpcSharedMemory {
+  #os: OsSharedMemory;
+
+  private constructor(os: OsSharedMemory) {
+    this.#os = os;
+  }
+
+  static {
+    wrapSharedMemory = (os) => new IpcSharedMemory(os);
+    sharedMemoryOs = (shm) => {
+      shm.#os.bytes; // throws "Closed" for a closed region
+      return shm.#os;
+    };
+  }
+
+  /**
+   * A new region holding a copy of `bytes`.
+   *
+   * @example
+   * ```ts
+   * import { IpcSharedMemory } from "@ipc/channel";
+   * using shm = IpcSharedMemory.fromBytes(new TextEncoder().encode("hi"));
+   * console.log(shm.length); // 2
+   * ```
+   */
+  static fromBytes(bytes: Uint8Array): IpcSharedMemory {
+    if (!(bytes instanceof Uint8Array)) {
+      throw new TypeError("IpcSharedMemory.fromBytes takes a Uint8Array");
+    }
+    const os = platform().sharedMemory(bytes.length);
+    if (bytes.length > 0) os.bytes.set(bytes);
+    return new IpcSharedMemory(os);
+  }
+
+  /**
+   * A new region of `length` bytes, each set to `byte`.
+   *
+   * @example
+   * ```ts
+   * import { IpcSharedMemory } from "@ipc/channel";
+   * using shm = IpcSharedMemory.fromByte(0xff, 4096);
+   * console.log(shm.bytes[4095]); // 255
+   * ```
+   */
+  static fromByte(byte: number, length: number): IpcSharedMemory {
+    if (!Number.isInteger(byte) || byte < 0 || byte > 255) {
+      throw new RangeError(`a byte is an integer from 0 to 255, not ${byte}`);
+    }
+    const os = platform().sharedMemory(length);
+    if (byte !== 0 && length > 0) os.bytes.fill(byte);
+    return new IpcSharedMemory(os);
+  }
+
+  /**
+   * A live, zero-copy view of the region; writes are seen by every process
+   * that maps it. Throws kind "Closed" after {@linkcode close} or
+   * {@linkcode take}.
+   *
+   * @example
+   * ```ts
+   * import { IpcSharedMemory } from "@ipc/channel";
+   * using shm = IpcSharedMemory.fromByte(0, 8);
+   * shm.bytes[0] = 1;
+   * console.log(shm.bytes[0]); // 1
+   * ```
+   */
+  get bytes(): Uint8Array {
+    return this.#os.bytes;
+  }
+
+  /**
+   * Size of the region in bytes.
+   *
+   * @example
+   * ```ts
+   * import { IpcSharedMemory } from "@ipc/channel";
+   * using shm = IpcSharedMemory.fromByte(1, 100);
+   * console.log(shm.length); // 100
+   * ```
+   */
+  get length(): number {
+    return this.#os.length;
+  }
+
+  /**
+   * A copy of the contents, releasing the region (like Rust's `take()`).
+   *
+   * @example
+   * ```ts
+   * import { IpcSharedMemory } from "@ipc/channel";
+   * const shm = IpcSharedMemory.fromBytes(new Uint8Array([4, 5]));
+   * console.log(shm.take()); // Uint8Array(2) [4, 5]
+   * ```
+   */
+  take(): Uint8Array {
+    return this.#os.take();
+  }
+
+  /**
+   * Releases this handle on the region. Other processes keep theirs; views
+   * already taken stay safe to read.
+   *
+   * @example
+   * ```ts
+   * import { IpcSharedMemory } from "@ipc/channel";
+   * const shm = IpcSharedMemory.fromByte(0, 16);
+   * shm.close();
+   * ```
+   */
+  close(): void {
+    this.#os.close();
+  }
+
+  /** Same as {@linkcode IpcSharedMemory.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+const unreadMessages = new FinalizationRegistry<OsIncomingHandle[]>(
+  (handles) => {
+    for (const handle of handles) handle.close();
+  },
+);
+
+let wrapMessage: (message: OsMessage) => OpaqueIpcMessage;
+
+/**
+ * A message whose type is not known yet (Rust's `IpcMessage`), as a
+ * {@linkcode IpcReceiverSet} returns it. {@linkcode OpaqueIpcMessage.to}
+ * decodes it; endpoints and shared memory inside are adopted then. The
+ * handles of a message never decoded are released by
+ * {@linkcode OpaqueIpcMessage.close}, or when it is garbage-collected.
+ *
+ * @example
+ * ```ts
+ * import { channel, IpcReceiverSet } from "@ipc/channel";
+ * const [tx, rx] = channel<string>();
+ * using set = new IpcReceiverSet();
+ * set.add(rx);
+ * tx.send("hi");
+ * for (const result of await set.select()) {
+ *   if (result.type === "message") console.log(result.message.to<string>());
+ * }
+ * tx.close();
+ * ```
+ */
+export class OpaqueIpcMessage {
+  readonly #data: Uint8Array;
+  #handles: OsIncomingHandle[] | undefined;
+  #adopted = false;
+
+  private constructor(message: OsMessage) {
+    this.#data = message.data;
+    if (message.handles.length > 0) {
+      this.#handles = message.handles;
+      unreadMessages.register(this, message.handles, this);
+    }
+  }
+
+  static {
+    wrapMessage = (message) => new OpaqueIpcMessage(message);
+  }
+
+  /**
+   * Decodes the message as a `T` (not checked: the caller's promise). A
+   * message that carries endpoints or shared memory can be decoded once;
+   * later calls throw kind "Closed". A message without them can be decoded
+   * again.
+   *
+   * @example
+   * ```ts
+   * import { channel, IpcReceiverSet } from "@ipc/channel";
+   * const [tx, rx] = channel<number[]>();
+   * using set = new IpcReceiverSet();
+   * set.add(rx);
+   * tx.send([1, 2]);
+   * const [result] = await set.select();
+   * if (result.type === "message") console.log(result.message.to<number[]>());
+   * tx.close();
+   * ```
+   */
+  to<T>(): T {
+    const handles = this.#handles;
+    if (handles !== undefined) {
+      this.#handles = undefined;
+      this.#adopted = true;
+      unreadMessages.unregister(this);
+      return codec().decode(this.#data, handles) as T;
+    }
+    if (this.#adopted) {
+      throw new IpcError(
+        "Closed",
+        "this message's endpoints were adopted (or released) already",
+      );
+    }
+    return codec().decode(this.#data, []) as T;
+  }
+
+  /**
+   * Releases the endpoints and shared memory of a message not decoded.
+   *
+   * @example
+   * ```ts
+   * import { channel, IpcReceiverSet } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * using set = new IpcReceiverSet();
+   * set.add(rx);
+   * tx.send(1);
+   * for (const result of set.trySelect()) {
+   *   if (result.type === "message") result.message.close();
+   * }
+   * tx.close();
+   * ```
+   */
+  close(): void {
+    const handles = this.#handles;
+    if (handles === undefined) return;
+    this.#handles = undefined;
+    this.#adopted = true;
+    unreadMessages.unregister(this);
+    for (const handle of handles) handle.close();
+  }
+
+  /** Same as {@linkcode OpaqueIpcMessage.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** One result of {@linkcode IpcReceiverSet.select}. */
+export type IpcSelectionResult =
+  | {
+    /** A message arrived on member `id`. */
+    type: "message";
+    /** The id {@linkcode IpcReceiverSet.add} returned. */
+    id: number;
+    /** The message, decoded with {@linkcode OpaqueIpcMessage.to}. */
+    message: OpaqueIpcMessage;
+  }
+  | {
+    /** Every sender of member `id` is gone; it has left the set. */
+    type: "closed";
+    /** The id {@linkcode IpcReceiverSet.add} returned. */
+    id: number;
+  };
+
+function selection(
+  results: ReturnType<OsReceiverSet["trySelect"]>,
+): IpcSelectionResult[] {
+  return results.map((result) =>
+    result.type === "message"
+      ? { type: "message", id: result.id, message: wrapMessage(result.message) }
+      : result
+  );
+}
+
+/**
+ * Waits on many receivers at once (Rust's `IpcReceiverSet`), with one OS
+ * wait for the whole set. A receiver added to the set moves into it: its old
+ * handle throws kind "Closed". A closed channel is reported once, as a
+ * `"closed"` result, and leaves the set.
+ *
+ * @example Serving several channels
+ * ```ts
+ * import { channel, IpcReceiverSet } from "@ipc/channel";
+ * const [tx1, rx1] = channel<string>();
+ * const [tx2, rx2] = channel<number>();
+ * using set = new IpcReceiverSet();
+ * const words = set.add(rx1);
+ * set.add(rx2);
+ * tx1.send("a");
+ * tx2.send(1);
+ * tx1.close();
+ * for (const result of await set.select()) {
+ *   if (result.type === "closed") continue;
+ *   console.log(result.id === words ? result.message.to<string>() : result.message.to<number>());
+ * }
+ * tx2.close();
+ * ```
+ */
+export class IpcReceiverSet {
+  readonly #os: OsReceiverSet;
+
+  /** An empty set. */
+  constructor() {
+    this.#os = platform().receiverSet();
+  }
+
+  /**
+   * Moves `receiver` into the set and returns its id.
+   *
+   * @example
+   * ```ts
+   * import { channel, IpcReceiverSet } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * using set = new IpcReceiverSet();
+   * console.log(typeof set.add(rx)); // "number"
+   * tx.close();
+   * ```
+   */
+  add<T>(receiver: IpcReceiver<T>): number {
+    return this.#os.add(
+      takeReceiverOs(
+        receiver as IpcReceiver<unknown>,
+        "added to a receiver set",
+      ),
+    );
+  }
+
+  /**
+   * Moves a type-erased receiver into the set and returns its id.
+   *
+   * @example
+   * ```ts
+   * import { channel, IpcReceiverSet } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * using set = new IpcReceiverSet();
+   * set.addOpaque(rx.toOpaque());
+   * tx.close();
+   * ```
+   */
+  addOpaque(receiver: OpaqueIpcReceiver): number {
+    return this.#os.add(
+      takeOpaqueReceiverOs(receiver, "added to a receiver set"),
+    );
+  }
+
+  /**
+   * Removes member `id` and closes its receiver (the Rust crate has no
+   * `remove`, servo/ipc-channel#399). Throws kind "Io" for an unknown id.
+   *
+   * @example
+   * ```ts
+   * import { channel, IpcReceiverSet } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * using set = new IpcReceiverSet();
+   * set.remove(set.add(rx));
+   * console.log(set.size); // 0
+   * tx.close();
+   * ```
+   */
+  remove(id: number): void {
+    this.#os.remove(id);
+  }
+
+  /**
+   * How many receivers are in the set.
+   *
+   * @example
+   * ```ts
+   * import { IpcReceiverSet } from "@ipc/channel";
+   * using set = new IpcReceiverSet();
+   * console.log(set.size); // 0
+   * ```
+   */
+  get size(): number {
+    return this.#os.size;
+  }
+
+  /**
+   * Waits until something happens, then returns every waiting message (in
+   * order per member) and every closed member. Rejects kind "Empty" on an
+   * empty set, which could never wake.
+   *
+   * @example
+   * ```ts
+   * import { channel, IpcReceiverSet } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * using set = new IpcReceiverSet();
+   * set.add(rx);
+   * tx.close();
+   * console.log((await set.select())[0].type); // "closed"
+   * ```
+   */
+  async select(options?: RecvOptions): Promise<IpcSelectionResult[]> {
+    return selection(await this.#os.select(options));
+  }
+
+  /**
+   * What {@linkcode IpcReceiverSet.select} would return now; throws kind
+   * "Empty" if nothing is waiting.
+   *
+   * @example
+   * ```ts
+   * import { channel, IpcReceiverSet } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * using set = new IpcReceiverSet();
+   * set.add(rx);
+   * try {
+   *   set.trySelect();
+   * } catch (e) {
+   *   console.log((e as { kind: string }).kind); // "Empty"
+   * }
+   * tx.close();
+   * ```
+   */
+  trySelect(): IpcSelectionResult[] {
+    const results = this.#os.trySelect();
+    if (results.length === 0) throw empty();
+    return selection(results);
+  }
+
+  /**
+   * Like {@linkcode IpcReceiverSet.select}, but rejects kind "Empty" after
+   * `ms` milliseconds.
+   *
+   * @example
+   * ```ts
+   * import { channel, IpcReceiverSet } from "@ipc/channel";
+   * const [tx, rx] = channel<number>();
+   * using set = new IpcReceiverSet();
+   * set.add(rx);
+   * await set.trySelectTimeout(10).catch((e) => console.log(e.kind)); // "Empty"
+   * tx.close();
+   * ```
+   */
+  async trySelectTimeout(
+    ms: number,
+    options?: RecvOptions,
+  ): Promise<IpcSelectionResult[]> {
+    return selection(await this.#os.select({ ...options, timeoutMs: ms }));
+  }
+
+  /**
+   * Closes every receiver in the set; pending selects reject kind "Closed".
+   *
+   * @example
+   * ```ts
+   * import { IpcReceiverSet } from "@ipc/channel";
+   * new IpcReceiverSet().close();
+   * ```
+   */
+  close(): void {
+    this.#os.close();
+  }
+
+  /** Same as {@linkcode IpcReceiverSet.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Options for a {@linkcode RouterProxy}. */
+export interface RouterOptions {
+  /**
+   * Called with what a route callback threw (or a message that could not be
+   * decoded); the router keeps going. Defaults to `console.error`.
+   */
+  onError?: (error: unknown) => void;
+}
+
+/**
+ * Routes receivers to callbacks (Rust's `RouterProxy`): one
+ * {@linkcode IpcReceiverSet} and one wait serve every route. Callbacks run on
+ * the event loop, in message order per receiver. A callback that throws does
+ * not stop the router; a route ends when its channel disconnects. While no
+ * route is left, the router waits on nothing, so it never keeps the process
+ * alive by itself.
+ *
+ * @example
+ * ```ts
+ * import { channel, RouterProxy } from "@ipc/channel";
+ * const router = new RouterProxy();
+ * const [tx, rx] = channel<string>();
+ * const { promise, resolve } = Promise.withResolvers<string>();
+ * router.addTypedRoute(rx, resolve);
+ * tx.send("routed");
+ * console.log(await promise); // "routed"
+ * tx.close();
+ * router.shutdown();
+ * ```
+ */
+export class RouterProxy {
+  #set: IpcReceiverSet | undefined;
+  readonly #routes = new Map<number, (message: OpaqueIpcMessage) => void>();
+  readonly #onError: (error: unknown) => void;
+  #running = false;
+  #shutDown = false;
+
+  /** A router of its own; most programs use {@linkcode ROUTER}. */
+  constructor(options?: RouterOptions) {
+    this.#onError = options?.onError ?? ((error) => console.error(error));
+  }
+
+  /**
+   * Moves `receiver` into the router and calls `callback` with each message,
+   * until every sender of the channel is gone. Throws kind "Closed" after
+   * {@linkcode RouterProxy.shutdown}.
+   *
+   * @example
+   * ```ts
+   * import { channel, RouterProxy } from "@ipc/channel";
+   * const router = new RouterProxy();
+   * const [tx, rx] = channel<number>();
+   * router.addTypedRoute(rx, (n) => console.log(n));
+   * tx.close();
+   * router.shutdown();
+   * ```
+   */
+  addTypedRoute<T>(
+    receiver: IpcReceiver<T>,
+    callback: (value: T) => void,
+  ): void {
+    if (this.#shutDown) {
+      throw new IpcError("Closed", "the router was shut down");
+    }
+    this.#set ??= new IpcReceiverSet();
+    const id = this.#set.add(receiver);
+    this.#routes.set(id, (message) => callback(message.to<T>()));
+    if (!this.#running) this.#run();
+  }
+
+  /**
+   * How many routes are live.
+   *
+   * @example
+   * ```ts
+   * import { RouterProxy } from "@ipc/channel";
+   * console.log(new RouterProxy().size); // 0
+   * ```
+   */
+  get size(): number {
+    return this.#routes.size;
+  }
+
+  async #run(): Promise<void> {
+    this.#running = true;
+    try {
+      while (this.#routes.size > 0 && this.#set !== undefined) {
+        let results: IpcSelectionResult[];
+        try {
+          results = await this.#set.select();
+        } catch (error) {
+          if (error instanceof IpcError && error.kind === "Closed") return;
+          this.#onError(error);
+          continue;
+        }
+        for (const result of results) {
+          if (result.type === "closed") {
+            this.#routes.delete(result.id);
+            continue;
+          }
+          const route = this.#routes.get(result.id);
+          try {
+            if (route === undefined) result.message.close();
+            else route(result.message);
+          } catch (error) {
+            this.#onError(error);
+          }
+        }
+      }
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  /**
+   * Closes every routed receiver and stops the router; idempotent.
+   *
+   * @example
+   * ```ts
+   * import { RouterProxy } from "@ipc/channel";
+   * const router = new RouterProxy();
+   * router.shutdown();
+   * router.shutdown();
+   * ```
+   */
+  shutdown(): void {
+    this.#shutDown = true;
+    this.#routes.clear();
+    this.#set?.close();
+    this.#set = undefined;
+  }
+}
+
+/**
+ * The process's router (Rust's `ROUTER`).
+ *
+ * @example
+ * ```ts
+ * import { channel, ROUTER } from "@ipc/channel";
+ * const [tx, rx] = channel<string>();
+ * ROUTER.addTypedRoute(rx, (text) => console.log(text));
+ * tx.send("hello");
+ * tx.close();
+ * ```
+ */
+export const ROUTER: RouterProxy = new RouterProxy();

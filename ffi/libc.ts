@@ -165,6 +165,10 @@ export const SEEK_END = 2;
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;
 export const MAP_SHARED = 1;
+export const MAP_PRIVATE = 2;
+export const MAP_FIXED = 0x10;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = 0x4000;
 
 export const POLLIN = 0x1;
 export const POLLOUT = 0x4;

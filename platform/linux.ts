@@ -69,6 +69,8 @@ import {
 } from "../ffi/libc.ts";
 import { poller } from "./epoll.ts";
 import { isDisconnect, osError } from "./linux_errors.ts";
+import { LinuxReceiverSet } from "./linux_set.ts";
+import { LinuxSharedMemory } from "./linux_shm.ts";
 import {
   IpcError,
   type OsAccepted,
@@ -457,7 +459,7 @@ function flushPendingSenders(): void {
 /** Endpoints listed in one message, checked before anything is sent. */
 class HandlePlan {
   readonly fds: number[] = [];
-  readonly #handles: (LinuxSender | LinuxReceiver)[] = [];
+  readonly #handles: (LinuxSender | LinuxReceiver | LinuxSharedMemory)[] = [];
 
   constructor(handles: readonly OsTransferable[]) {
     if (handles.length > MAX_HANDLES) {
@@ -476,7 +478,10 @@ class HandlePlan {
           );
         }
         seen.add(handle);
-      } else if (!(handle instanceof LinuxSender)) {
+      } else if (
+        !(handle instanceof LinuxSender) &&
+        !(handle instanceof LinuxSharedMemory)
+      ) {
         throw new IpcError(
           "Serialization",
           "an endpoint from another platform backend",
@@ -496,14 +501,14 @@ class HandlePlan {
 
   /**
    * Before queueing: descriptors the queue owns, in order. Senders are
-   * duplicated (they stay usable, and may be closed before the flush);
-   * receivers are moved.
+   * and shared memory are duplicated (they stay usable, and may be closed
+   * before the flush); receivers are moved.
    */
   own(): number[] {
     const lc = libc();
     const owned = this.#handles.map(() => -1);
     this.#handles.forEach((handle, i) => {
-      if (!(handle instanceof LinuxSender)) return;
+      if (handle instanceof LinuxReceiver) return;
       owned[i] = lc.fcntl(this.fds[i], F_DUPFD_CLOEXEC, 0);
       if (owned[i] < 0) {
         const code = errno();
@@ -803,9 +808,9 @@ class LinuxReceiver implements OsReceiver {
   }
 
   /** Hands the descriptor to a message; this handle becomes unusable. */
-  detach(): number {
+  detach(reason = "sent away inside a message"): number {
     const fd = this.#fd;
-    this.#retire("sent away inside a message");
+    this.#retire(reason);
     return fd;
   }
 
@@ -862,6 +867,10 @@ class LinuxIncoming implements OsIncomingHandle {
 
   intoReceiver(): OsReceiver {
     return new LinuxReceiver(this.#take());
+  }
+
+  intoSharedMemory(): LinuxSharedMemory {
+    return LinuxSharedMemory.adopt(this.#take());
   }
 
   close(): void {
@@ -1088,6 +1097,14 @@ export const linux: OsPlatform = {
   listen: () => new LinuxServer(),
   processUid: () => libc().getuid(),
   takeEnv,
+  sharedMemory: (length) => LinuxSharedMemory.create(length),
+  receiverSet: () =>
+    new LinuxReceiverSet((receiver) => {
+      if (!(receiver instanceof LinuxReceiver)) {
+        throw new IpcError("Io", "a receiver from another platform backend");
+      }
+      return new LinuxReceiver(receiver.detach("added to a receiver set"));
+    }),
 };
 
 /** Resolves once no wait is parked (tests use it before their op check). */

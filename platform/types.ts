@@ -80,12 +80,52 @@ export interface OsIncomingHandle {
   intoSender(): OsSender;
   /** Adopt it as the receiving end of a channel. */
   intoReceiver(): OsReceiver;
+  /** Adopt it as a shared memory region (mapped without copying). */
+  intoSharedMemory(): OsSharedMemory;
   /** Release it unused. Safe to call after an `into*` call (does nothing). */
   close(): void;
 }
 
 /** Something that can ride inside a message. */
-export type OsTransferable = OsSender | OsReceiver;
+export type OsTransferable = OsSender | OsReceiver | OsSharedMemory;
+
+/**
+ * A region of memory shared with every process it is sent to. Sending keeps
+ * it usable here (the receiving process gets its own handle on the memory).
+ */
+export interface OsSharedMemory {
+  /** A live, zero-copy view of the mapping. Throws "Closed" once closed. */
+  readonly bytes: Uint8Array;
+  /** Size in bytes (still known after close). */
+  readonly length: number;
+  /** A copy of the contents; releases this handle. */
+  take(): Uint8Array;
+  /** Releases this handle; views already handed out stay readable. */
+  close(): void;
+  /** Why the handle is unusable, or undefined while it is usable. */
+  readonly closedReason: string | undefined;
+}
+
+/** One result of a receiver-set selection. */
+export type OsSelection =
+  | { type: "message"; id: number; message: OsMessage }
+  | { type: "closed"; id: number };
+
+/** Waits on many receivers with one OS wait. */
+export interface OsReceiverSet {
+  /** Moves `receiver` into the set (the old handle becomes unusable). */
+  add(receiver: OsReceiver): number;
+  /** Removes a member and closes its receiver. */
+  remove(id: number): void;
+  /** Members in the set. */
+  readonly size: number;
+  /** Every waiting message and closed member now; [] if none. */
+  trySelect(): OsSelection[];
+  /** Waits until at least one result is available. */
+  select(options?: OsWaitOptions): Promise<OsSelection[]>;
+  /** Closes every member; pending selects reject with kind "Closed". */
+  close(): void;
+}
 
 /** How a wait may end early. */
 export interface OsWaitOptions {
@@ -172,4 +212,8 @@ export interface OsPlatform {
    * bootstrap name), without needing Deno's env permission.
    */
   takeEnv(name: string): string | undefined;
+  /** A new shared memory region of `length` zero bytes. */
+  sharedMemory(length: number): OsSharedMemory;
+  /** An empty receiver set. */
+  receiverSet(): OsReceiverSet;
 }
