@@ -81,6 +81,10 @@ class Slot<Os extends { close(): void; readonly closedReason?: string }> {
     if (this.#os === undefined) {
       throw new IpcError("Closed", `this ${what} was ${this.#movedTo}`);
     }
+    const reason = this.#os.closedReason;
+    if (reason !== undefined) {
+      throw new IpcError("Closed", `this ${what} is ${reason}`);
+    }
     return this.#os;
   }
 

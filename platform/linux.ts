@@ -29,8 +29,8 @@ import {
   ECONNREFUSED,
   EEXIST,
   EFAULT,
-  EINVAL,
   EINTR,
+  EINVAL,
   EMSGSIZE,
   ENOBUFS,
   ENOMEM,
@@ -244,6 +244,19 @@ function takeDescriptors(): number[] {
 
 function parsePacket(length: number, flags: number, fds: number[]): OsMessage {
   if (flags & MSG_CTRUNC) {
+    const announced =
+      length >= HEADER && receiveView.getUint16(0, true) === MAGIC
+        ? receiveView.getUint32(4, true)
+        : Infinity;
+    if (announced <= SCM_MAX_FD) {
+      // The kernel dropped descriptors it could not install here: our limit,
+      // not the peer's fault.
+      throw new IpcError(
+        "Io",
+        `a message's ${announced} descriptors could not be installed: this process is out of file descriptors (raise \`ulimit -n\` or close endpoints)`,
+        { code: "EMFILE" },
+      );
+    }
     throw malformed(`more than ${SCM_MAX_FD} descriptors in one packet`);
   }
   if (flags & MSG_TRUNC) {

@@ -18,6 +18,10 @@
 // An inline npm: specifier (not an import-map entry) so that the module
 // resolves the same from JSR, from a URL, or from a local path.
 import { addExtension, Packr } from "npm:msgpackr@^1.12.1/pack";
+import * as msgpackrUnpack from "npm:msgpackr@^1.12.1/unpack";
+
+/** msgpackr's marker for the byte 0xC1 (exported, but not in its types). */
+const C1: unknown = (msgpackrUnpack as Record<string, unknown>).C1;
 import { IpcError } from "../platform/types.ts";
 
 /** How one endpoint class travels: as which OS handle, and back. */
@@ -47,7 +51,19 @@ export interface Closeable {
 const MAX_DEPTH = 256;
 const EXTENSION_NEGATIVE_ZERO = 0x10;
 const EXTENSION_MAP = 0x11;
+const EXTENSION_FLOAT16 = 0x1f;
 const EXTENSION_FIRST_HANDLE = 0x12;
+
+// Float16Array is newer than msgpackr's typed-array table: it travels as its
+// bytes under an extension of our own.
+// deno-lint-ignore no-explicit-any
+const Float16 = (globalThis as any).Float16Array as
+  | (new (buffer: ArrayBuffer) => ArrayBufferView)
+  | undefined;
+
+class Float16Bytes {
+  constructor(readonly array: ArrayBufferView) {}
+}
 
 class NegativeZero {}
 const NEGATIVE_ZERO = new NegativeZero();
@@ -135,6 +151,25 @@ export class Codec<Outgoing, Incoming extends Closeable> {
           map.set(entries[i], entries[i + 1]);
         }
         return map;
+      },
+    });
+    addExtension({
+      Class: Float16Bytes,
+      type: EXTENSION_FLOAT16,
+      write: (box: Float16Bytes) =>
+        new Uint8Array(
+          box.array.buffer,
+          box.array.byteOffset,
+          box.array.byteLength,
+        ),
+      read: (bytes: unknown) => {
+        if (
+          Float16 === undefined || !(bytes instanceof Uint8Array) ||
+          bytes.length % 2 !== 0
+        ) {
+          throw new IpcError("Serialization", "a malformed Float16Array");
+        }
+        return new Float16(bytes.slice().buffer);
       },
     });
     types.forEach((type, i) => {
@@ -268,6 +303,9 @@ export class Codec<Outgoing, Incoming extends Closeable> {
       }
       return changed ? new Set(members) : value;
     }
+    if (Float16 !== undefined && prototype === Float16.prototype) {
+      return new Float16Bytes(object as ArrayBufferView);
+    }
     if (
       prototype === Date.prototype || prototype === ArrayBuffer.prototype ||
       PLAIN_VIEWS.has(prototype) || this.#endpointPrototypes.has(prototype)
@@ -308,7 +346,16 @@ export class Codec<Outgoing, Incoming extends Closeable> {
     this.#incoming = [...handles];
     this.#adopted = [];
     try {
-      return this.#packr.unpack(bytes);
+      const value = this.#packr.unpack(bytes);
+      // msgpackr turns the never-used byte 0xC1 into a marker object instead
+      // of failing; it can only be there if the byte is.
+      if (bytes.includes(0xc1) && containsNeverUsed(value, 0)) {
+        throw new IpcError(
+          "Serialization",
+          "cannot decode the message: it holds the never-used MessagePack byte 0xC1",
+        );
+      }
+      return value;
     } catch (error) {
       for (const endpoint of this.#adopted) endpoint.close();
       if (error instanceof IpcError) throw error;
@@ -325,4 +372,25 @@ export class Codec<Outgoing, Incoming extends Closeable> {
       this.#adopted = [];
     }
   }
+}
+
+function containsNeverUsed(value: unknown, depth: number): boolean {
+  if (value === C1) return true;
+  if (typeof value !== "object" || value === null || depth > MAX_DEPTH) {
+    return false;
+  }
+  if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return false;
+  if (value instanceof Map) {
+    for (const [key, child] of value) {
+      if (
+        containsNeverUsed(key, depth + 1) || containsNeverUsed(child, depth + 1)
+      ) return true;
+    }
+    return false;
+  }
+  const children = value instanceof Set ? value : Object.values(value);
+  for (const child of children) {
+    if (containsNeverUsed(child, depth + 1)) return true;
+  }
+  return false;
 }

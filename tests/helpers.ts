@@ -6,13 +6,36 @@
  */
 
 import { settled } from "../platform/mod.ts";
+import { libc } from "../ffi/libc.ts";
+
+const F_GETFD = 1;
+import {
+  channel,
+  IpcError,
+  type IpcErrorKind,
+  IpcOneShotServer,
+  type IpcReceiver,
+  type IpcSender,
+} from "../mod.ts";
 
 export { settled };
 
-/** Open file descriptors of this process. */
+/**
+ * Open file descriptors of this process, counted with `fcntl(fd, F_GETFD)`
+ * through libc: Deno 2.9 wants `--allow-all` to list `/proc/self/fd`, and the
+ * test task grants less. Scans until 4096 consecutive numbers are unused.
+ */
 export function openFds(): number {
+  const lc = libc();
   let count = 0;
-  for (const _ of Deno.readDirSync("/proc/self/fd")) count++;
+  for (let fd = 0, gap = 0; gap < 4096; fd++) {
+    if (lc.fcntl(fd, F_GETFD, 0) >= 0) {
+      count++;
+      gap = 0;
+    } else {
+      gap++;
+    }
+  }
   return count;
 }
 
@@ -43,4 +66,186 @@ export function runFixture(
     stdout: options.stdout ?? "piped",
     stderr: "piped",
   }).spawn();
+}
+
+/**
+ * A predicate for `throws`/`rejects`: the error is an {@linkcode IpcError} of
+ * `kind` (and of OS error `code`, when given).
+ */
+export function ipcError(
+  kind: IpcErrorKind,
+  code?: string,
+): (error: unknown) => true {
+  return (error: unknown) => {
+    if (!(error instanceof IpcError)) {
+      throw new Error(`expected an IpcError of kind ${kind}, got ${error}`, {
+        cause: error,
+      });
+    }
+    if (error.kind !== kind || (code !== undefined && error.code !== code)) {
+      throw new Error(
+        `expected an IpcError of kind ${kind}${
+          code ? ` code ${code}` : ""
+        }, got kind ${error.kind} code ${error.code}: ${error.message}`,
+        { cause: error },
+      );
+    }
+    return true;
+  };
+}
+
+/** Rejects with a clear message if `promise` has not settled in `ms`. */
+export async function within<T>(
+  promise: Promise<T>,
+  ms: number,
+  what: string,
+): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`${what}: still pending after ${ms} ms`)),
+          ms,
+        );
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Output of a finished child. */
+export interface ChildResult {
+  code: number;
+  signal: Deno.Signal | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Waits for a child started by {@linkcode runFixture}, killing it after `ms`. */
+export async function finish(
+  child: Deno.ChildProcess,
+  ms = 45_000,
+): Promise<ChildResult> {
+  const timer = setTimeout(() => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already gone */ }
+  }, ms);
+  try {
+    const output = await child.output();
+    return {
+      code: output.code,
+      signal: output.signal,
+      stdout: new TextDecoder().decode(output.stdout),
+      stderr: new TextDecoder().decode(output.stderr),
+    };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A child linked to this process by a pair of typed channels. */
+export interface LinkedChild {
+  process: Deno.ChildProcess;
+  /** Sends to the child's `fromParent` receiver. */
+  toChild: IpcSender<unknown>;
+  /** Receives what the child sends after the handshake. */
+  fromChild: IpcReceiver<unknown>;
+}
+
+/**
+ * Starts a fixture that calls `link()` from fixtures/common.ts: the child
+ * connects to a one-shot server named in its first argument and sends a
+ * sender back, so each side ends up with a channel to the other.
+ */
+export async function startLinked(
+  name: string,
+  args: string[] = [],
+  permissions: string[] = ["--allow-ffi"],
+): Promise<LinkedChild> {
+  const server = new IpcOneShotServer<{ toChild: IpcSender<unknown> }>();
+  const process = runFixture(name, {
+    args: [server.name, ...args],
+    permissions,
+  });
+  try {
+    const [fromChild, hello] = await within(
+      server.accept(),
+      30_000,
+      `handshake with ${name}`,
+    );
+    return { process, toChild: hello.toChild, fromChild };
+  } catch (error) {
+    server.close();
+    try {
+      process.kill("SIGKILL");
+    } catch { /* gone */ }
+    const result = await finish(process);
+    throw new Error(`${name} failed to link: ${result.stderr}`, {
+      cause: error,
+    });
+  }
+}
+
+/**
+ * The fd count to compare against after a test: taken once the process's
+ * shared poller (an epoll fd and an eventfd, opened on first wait and kept)
+ * exists, so that it does not count as a leak.
+ */
+export async function fdBaseline(): Promise<number> {
+  const [tx, rx] = channel<number>();
+  const pending = rx.recv();
+  tx.send(0);
+  await pending;
+  tx.close();
+  rx.close();
+  await settled();
+  return openFds();
+}
+
+const ISOLATED = "IPC_TEST_ISOLATED";
+
+/**
+ * A test that compares open-fd counts. `deno test --parallel` runs test
+ * files as workers of one process, so another file's channels would move the
+ * count: such a test runs alone in a child `deno test` (filtered to it), and
+ * its output becomes the failure message here.
+ */
+export function fdTest(
+  meta: ImportMeta,
+  name: string,
+  fn: () => void | Promise<void>,
+): void {
+  if (Deno.env.get(ISOLATED) === "1") {
+    Deno.test(name, fn);
+    return;
+  }
+  Deno.test(name, async () => {
+    const escaped = name.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+    const output = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "test",
+        "--allow-ffi",
+        "--allow-run",
+        "--allow-read",
+        "--allow-env",
+        "--allow-write",
+        "--no-check",
+        `--filter=/^${escaped}$/`,
+        new URL(meta.url).pathname,
+      ],
+      env: { [ISOLATED]: "1", NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(output.stdout) +
+      new TextDecoder().decode(output.stderr);
+    if (!/ok \| 1 passed \| 0 failed/.test(text)) {
+      throw new Error(`in an isolated child:\n${text}`);
+    }
+  });
 }
