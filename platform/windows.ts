@@ -970,14 +970,18 @@ function pipeName(): string {
 }
 
 /** A new inbound, message-mode, local-only instance of pipe `name`. */
-function createInstance(name: string, first: boolean): bigint {
+function createInstance(
+  name: string,
+  first: boolean,
+  instances: number,
+): bigint {
   const h = handle(
     kernel32().CreateNamedPipeW(
       wideString(name),
       PIPE_ACCESS_INBOUND | FILE_FLAG_OVERLAPPED |
         (first ? FILE_FLAG_FIRST_PIPE_INSTANCE : 0),
       PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE | PIPE_REJECT_REMOTE_CLIENTS,
-      first ? 1 : PIPE_UNLIMITED_INSTANCES,
+      instances,
       0,
       PIPE_BUFFER,
       0,
@@ -1027,7 +1031,7 @@ function channel(): [OsSender, OsReceiver] {
   const name = pipeName();
   // One instance only: FIRST_PIPE_INSTANCE makes sure we created it, and
   // nobody else can open it once our client has.
-  const server = createInstance(name, true);
+  const server = createInstance(name, true, 1);
   const client = openClient(name);
   if (typeof client !== "bigint") {
     closeHandle(server);
@@ -1069,7 +1073,7 @@ class WindowsServer implements OsServer {
 
   #instance(first: boolean): Instance {
     return {
-      h: createInstance(this.name, first),
+      h: createInstance(this.name, first, PIPE_UNLIMITED_INSTANCES),
       overlapped: new Overlapped(),
       connecting: false,
       connected: false,

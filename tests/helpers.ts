@@ -6,6 +6,7 @@
  */
 
 import { settled } from "../platform/mod.ts";
+import { IpcError, type IpcErrorKind } from "../mod.ts";
 
 export { settled };
 
@@ -18,7 +19,9 @@ export function openFds(): number {
 
 /** Absolute path of a fixture under tests/fixtures/. */
 export function fixture(name: string): string {
-  return new URL(`./fixtures/${name}`, import.meta.url).pathname;
+  const url = new URL(`./fixtures/${name}`, import.meta.url);
+  // A file URL works on every OS; `pathname` is not a Windows path.
+  return Deno.build.os === "windows" ? url.href : url.pathname;
 }
 
 /** Starts `deno run` on a fixture with the given permissions and env. */
@@ -43,4 +46,30 @@ export function runFixture(
     stdout: options.stdout ?? "piped",
     stderr: "piped",
   }).spawn();
+}
+
+/**
+ * A predicate for `throws`/`rejects`: the error is an {@linkcode IpcError} of
+ * `kind` (and of OS error `code`, when given).
+ */
+export function ipcError(
+  kind: IpcErrorKind,
+  code?: string,
+): (error: unknown) => true {
+  return (error: unknown) => {
+    if (!(error instanceof IpcError)) {
+      throw new Error(`expected an IpcError of kind ${kind}, got ${error}`, {
+        cause: error,
+      });
+    }
+    if (error.kind !== kind || (code !== undefined && error.code !== code)) {
+      throw new Error(
+        `expected an IpcError of kind ${kind}${
+          code ? ` code ${code}` : ""
+        }, got kind ${error.kind} code ${error.code}: ${error.message}`,
+        { cause: error },
+      );
+    }
+    return true;
+  };
 }
