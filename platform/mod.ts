@@ -4,7 +4,8 @@
  * @module
  */
 
-import { linux } from "./linux.ts";
+import { linux, settled as linuxSettled } from "./linux.ts";
+import { settled as windowsSettled, windows } from "./windows.ts";
 import { IpcError, type OsPlatform } from "./types.ts";
 
 let chosen: OsPlatform | undefined;
@@ -16,13 +17,19 @@ export function platform(): OsPlatform {
     case "linux":
       chosen = linux;
       return chosen;
+    case "windows":
+      chosen = windows;
+      return chosen;
     default:
       throw new IpcError(
         "Io",
-        `ipc-channel has no backend for ${Deno.build.os} yet (supported: linux)`,
+        `ipc-channel has no backend for ${Deno.build.os} yet (supported: linux, windows)`,
         { code: "ENOSYS" },
       );
   }
 }
 
-export { settled } from "./linux.ts";
+/** Resolves once the running backend has no wait parked (for tests). */
+export function settled(): Promise<void> {
+  return Deno.build.os === "windows" ? windowsSettled() : linuxSettled();
+}

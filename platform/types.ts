@@ -173,9 +173,13 @@ export interface OsReceiver {
 export interface PeerCredentials {
   /** Process id of the peer when it connected. */
   readonly pid: number;
-  /** User id of the peer. */
+  /**
+   * User id of the peer. Windows has no uid: there it is always -1, as is
+   * `processUid()`, and only the pipe's default security (other users may
+   * not write to it) keeps other users out.
+   */
   readonly uid: number;
-  /** Group id of the peer. */
+  /** Group id of the peer (-1 on Windows). */
   readonly gid: number;
 }
 
@@ -205,7 +209,7 @@ export interface OsPlatform {
   connect(name: string): OsSender;
   /** A server at a fresh, private name. */
   listen(): OsServer;
-  /** The user id this process runs as. */
+  /** The user id this process runs as (-1 on Windows, which has none). */
   processUid(): number;
   /**
    * Reads and removes an environment variable (how `spawn` hands a child its

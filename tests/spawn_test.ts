@@ -41,7 +41,8 @@ Deno.test("a child SIGKILLed mid-stream: recv and send fail Disconnected, no fd 
   // a loaded 2-core machine.
   ok(performance.now() - killedAt < 5000);
   const status = await child.status;
-  assertEquals(status.signal, "SIGKILL");
+  // Windows has no signals: kill() is TerminateProcess and signal is null.
+  if (Deno.build.os !== "windows") assertEquals(status.signal, "SIGKILL");
   throws(() => child.sender.send(undefined as never), ipcError("Disconnected"));
   child.sender.close();
   child.receiver.close();
@@ -67,7 +68,14 @@ Deno.test("a module that throws after connecting: Disconnected, then its exit co
   await settled();
 });
 
-Deno.test("when the parent dies, the child's recv rejects Disconnected and it exits cleanly", async () => {
+// Not on Windows: there (measured under Wine 8.0 with Deno's Windows build)
+// killing the middle process ends the grandchild too, so no orphan is left
+// to observe the disconnection.
+Deno.test({
+  name:
+    "when the parent dies, the child's recv rejects Disconnected and it exits cleanly",
+  ignore: Deno.build.os === "windows",
+}, async () => {
   const middle = new Deno.Command(Deno.execPath(), {
     args: [
       "run",

@@ -1,0 +1,206 @@
+/**
+ * `Deno.dlopen` symbol table, constants and struct layouts for kernel32 on
+ * 64-bit Windows. Opened lazily, like `ffi/libc.ts`, so that importing the
+ * module on another OS costs nothing (and never touches kernel32).
+ *
+ * Handles are declared `isize`: real handle values are small, and the
+ * pseudo-handle `GetCurrentProcess()` and `INVALID_HANDLE_VALUE` are -1.
+ * Memory the kernel keeps using after a call returns (OVERLAPPED structs,
+ * the data of a pending write) is always passed as a `pointer` to an
+ * `ArrayBuffer`'s backing store, which V8 never moves.
+ *
+ * @module
+ */
+
+const symbols = {
+  CreateNamedPipeW: {
+    parameters: ["buffer", "u32", "u32", "u32", "u32", "u32", "u32", "pointer"],
+    result: "isize",
+  },
+  CreateFileW: {
+    parameters: ["buffer", "u32", "u32", "pointer", "u32", "u32", "isize"],
+    result: "isize",
+  },
+  ConnectNamedPipe: { parameters: ["isize", "pointer"], result: "i32" },
+  WaitNamedPipeW: { parameters: ["buffer", "u32"], result: "i32" },
+  GetNamedPipeClientProcessId: {
+    parameters: ["isize", "buffer"],
+    result: "i32",
+  },
+  PeekNamedPipe: {
+    parameters: ["isize", "pointer", "u32", "buffer", "buffer", "buffer"],
+    result: "i32",
+  },
+  ReadFile: {
+    parameters: ["isize", "pointer", "u32", "buffer", "pointer"],
+    result: "i32",
+  },
+  WriteFile: {
+    parameters: ["isize", "pointer", "u32", "buffer", "pointer"],
+    result: "i32",
+  },
+  GetOverlappedResult: {
+    parameters: ["isize", "pointer", "buffer", "i32"],
+    result: "i32",
+  },
+  CancelIoEx: { parameters: ["isize", "pointer"], result: "i32" },
+  CloseHandle: { parameters: ["isize"], result: "i32" },
+  DuplicateHandle: {
+    parameters: ["isize", "isize", "isize", "buffer", "u32", "i32", "u32"],
+    result: "i32",
+  },
+  GetCurrentProcess: { parameters: [], result: "isize" },
+  GetCurrentProcessId: { parameters: [], result: "u32" },
+  OpenProcess: { parameters: ["u32", "i32", "u32"], result: "isize" },
+  CreateEventW: {
+    parameters: ["pointer", "i32", "i32", "pointer"],
+    result: "isize",
+  },
+  SetEvent: { parameters: ["isize"], result: "i32" },
+  ResetEvent: { parameters: ["isize"], result: "i32" },
+  WaitForMultipleObjects: {
+    parameters: ["u32", "buffer", "i32", "u32"],
+    result: "u32",
+  },
+  /** The same wait, run on Deno's blocking pool: a parked wait. */
+  WaitForMultipleObjectsParked: {
+    name: "WaitForMultipleObjects",
+    parameters: ["u32", "buffer", "i32", "u32"],
+    result: "u32",
+    nonblocking: true,
+  },
+  CreateFileMappingW: {
+    parameters: ["isize", "pointer", "u32", "u32", "u32", "pointer"],
+    result: "isize",
+  },
+  MapViewOfFile: {
+    parameters: ["isize", "u32", "u32", "u32", "usize"],
+    result: "pointer",
+  },
+  UnmapViewOfFile: { parameters: ["pointer"], result: "i32" },
+  VirtualAlloc: {
+    parameters: ["pointer", "usize", "u32", "u32"],
+    result: "pointer",
+  },
+  VirtualQuery: { parameters: ["pointer", "buffer", "usize"], result: "usize" },
+  GetEnvironmentVariableW: {
+    parameters: ["buffer", "buffer", "u32"],
+    result: "u32",
+  },
+  SetEnvironmentVariableW: { parameters: ["buffer", "pointer"], result: "i32" },
+  GetLastError: { parameters: [], result: "u32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+let library: Deno.DynamicLibrary<typeof symbols> | undefined;
+
+/** Opens kernel32 once, on first use. */
+export function kernel32(): Deno.DynamicLibrary<typeof symbols>["symbols"] {
+  library ??= Deno.dlopen("kernel32.dll", symbols);
+  return library.symbols;
+}
+
+/** The calling thread's last error, read right after a failed call. */
+export function lastError(): number {
+  return kernel32().GetLastError();
+}
+
+/**
+ * A handle result as a bigint (-1n for INVALID_HANDLE_VALUE): `isize`
+ * parameters take bigints, so handles stay bigints everywhere.
+ */
+export function handle(value: number | bigint): bigint {
+  return BigInt(value);
+}
+
+/** A NUL-terminated UTF-16LE string, as the `W` functions take. */
+export function wideString(text: string): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(new ArrayBuffer(2 * text.length + 2));
+  const view = new DataView(out.buffer);
+  for (let i = 0; i < text.length; i++) {
+    view.setUint16(2 * i, text.charCodeAt(i), true);
+  }
+  return out;
+}
+
+/** Off-heap zeroed memory whose address never changes. */
+export function pinned(length: number): Uint8Array<ArrayBuffer> {
+  return new Uint8Array(new ArrayBuffer(length));
+}
+
+/** The address of pinned memory, for `pointer` parameters. */
+export function pointerTo(bytes: Uint8Array): Deno.PointerValue {
+  return Deno.UnsafePointer.of(bytes);
+}
+
+/** Reads and removes an environment variable of this process. */
+export function takeEnv(name: string): string | undefined {
+  const k = kernel32();
+  const key = wideString(name);
+  let buffer = new Uint8Array(512);
+  let length = k.GetEnvironmentVariableW(key, buffer, buffer.length / 2);
+  if (length === 0) return undefined;
+  if (length > buffer.length / 2) {
+    buffer = new Uint8Array(2 * length);
+    length = k.GetEnvironmentVariableW(key, buffer, length);
+    if (length === 0) return undefined;
+  }
+  const text = new TextDecoder("utf-16le").decode(
+    buffer.subarray(0, 2 * length),
+  );
+  k.SetEnvironmentVariableW(key, null);
+  return text;
+}
+
+// OVERLAPPED (x64): Internal, InternalHigh, Offset/OffsetHigh, hEvent.
+/** Size and field offsets of `OVERLAPPED`. */
+export const OVERLAPPED = { size: 32, internal: 0, hEvent: 24 } as const;
+/** Size of `MEMORY_BASIC_INFORMATION` and the offset of `RegionSize`. */
+export const MEMORY_BASIC_INFORMATION = { size: 48, regionSize: 24 } as const;
+
+export const INVALID_HANDLE_VALUE = -1n;
+export const INFINITE = 0xffff_ffff;
+export const WAIT_OBJECT_0 = 0;
+export const WAIT_TIMEOUT = 258;
+export const WAIT_FAILED = 0xffff_ffff;
+export const MAXIMUM_WAIT_OBJECTS = 64;
+
+export const GENERIC_READ = 0x8000_0000;
+export const GENERIC_WRITE = 0x4000_0000;
+export const FILE_READ_ATTRIBUTES = 0x80;
+export const OPEN_EXISTING = 3;
+export const FILE_FLAG_OVERLAPPED = 0x4000_0000;
+export const FILE_FLAG_FIRST_PIPE_INSTANCE = 0x0008_0000;
+export const PIPE_ACCESS_INBOUND = 0x1;
+export const PIPE_TYPE_MESSAGE = 0x4;
+export const PIPE_READMODE_MESSAGE = 0x2;
+export const PIPE_WAIT = 0;
+export const PIPE_REJECT_REMOTE_CLIENTS = 0x8;
+export const PIPE_UNLIMITED_INSTANCES = 255;
+/** `SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION`: a server may not impersonate us. */
+export const SECURITY_IDENTIFICATION_ONLY = 0x0010_0000 | (1 << 16);
+
+export const DUPLICATE_CLOSE_SOURCE = 0x1;
+export const DUPLICATE_SAME_ACCESS = 0x2;
+export const PROCESS_DUP_HANDLE = 0x40;
+
+export const PAGE_READWRITE = 0x04;
+export const SEC_COMMIT = 0x0800_0000;
+export const FILE_MAP_ALL_ACCESS = 0x000f_001f;
+export const MEM_COMMIT = 0x1000;
+export const MEM_RESERVE = 0x2000;
+
+// Win32 error codes.
+export const ERROR_FILE_NOT_FOUND = 2;
+export const ERROR_ACCESS_DENIED = 5;
+export const ERROR_INVALID_HANDLE = 6;
+export const ERROR_INVALID_PARAMETER = 87;
+export const ERROR_BROKEN_PIPE = 109;
+export const ERROR_PIPE_BUSY = 231;
+export const ERROR_NO_DATA = 232;
+export const ERROR_PIPE_NOT_CONNECTED = 233;
+export const ERROR_MORE_DATA = 234;
+export const ERROR_PIPE_CONNECTED = 535;
+export const ERROR_PIPE_LISTENING = 536;
+export const ERROR_OPERATION_ABORTED = 995;
+export const ERROR_IO_INCOMPLETE = 996;
+export const ERROR_IO_PENDING = 997;
