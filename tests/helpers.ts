@@ -212,6 +212,26 @@ export async function fdBaseline(): Promise<number> {
 
 const ISOLATED = "IPC_TEST_ISOLATED";
 
+/** Test files whose fdTests only make sense on Linux, with the reason. */
+const linuxOnlyFiles = new Map<string, string>();
+
+/**
+ * Marks the calling file's {@linkcode fdTest}s as Linux-only: elsewhere they
+ * are registered as ignored, with `reason` in their name (never silently).
+ */
+export function linuxOnly(meta: ImportMeta, reason: string): void {
+  if (Deno.build.os !== "linux") linuxOnlyFiles.set(meta.url, reason);
+}
+
+/** `ignore` for a Deno.test that needs Linux, with the reason in its name. */
+export function onLinux(name: string, reason: string): {
+  name: string;
+  ignore: boolean;
+} {
+  const ignore = Deno.build.os !== "linux";
+  return { name: ignore ? `${name} [skipped: ${reason}]` : name, ignore };
+}
+
 /**
  * A test that compares open-fd counts. `deno test --parallel` runs test
  * files as workers of one process, so another file's channels would move the
@@ -223,6 +243,11 @@ export function fdTest(
   name: string,
   fn: () => void | Promise<void>,
 ): void {
+  const skip = linuxOnlyFiles.get(meta.url);
+  if (skip !== undefined) {
+    Deno.test({ name: `${name} [skipped: ${skip}]`, ignore: true, fn });
+    return;
+  }
   if (Deno.env.get(ISOLATED) === "1") {
     Deno.test(name, fn);
     return;
@@ -239,7 +264,7 @@ export function fdTest(
         "--allow-write",
         "--no-check",
         `--filter=/^${escaped}$/`,
-        new URL(meta.url).pathname,
+        meta.filename ?? new URL(meta.url).pathname,
       ],
       env: { [ISOLATED]: "1", NO_COLOR: "1" },
       stdin: "null",

@@ -33,10 +33,16 @@ import {
   fdBaseline,
   fdTest,
   ipcError,
+  linuxOnly,
+  onLinux,
   openFds,
   settled,
   within,
 } from "./helpers.ts";
+
+const RAW_FRAMES =
+  "writes raw Linux frames through libc (SOCK_SEQPACKET, SCM_RIGHTS, memfd)";
+linuxOnly(import.meta, RAW_FRAMES);
 
 /** A raw SOCK_SEQPACKET socket connected to `name`. */
 function rawConnect(name: string): number {
@@ -471,7 +477,12 @@ fdTest(
   },
 );
 
-Deno.test("a zero-length packet is reported as an IpcError, never a hang", async () => {
+Deno.test({
+  ...onLinux(
+    "a zero-length packet is reported as an IpcError, never a hang",
+    RAW_FRAMES,
+  ),
+}, async () => {
   // SOCK_SEQPACKET returns 0 both for an empty packet and at end of stream.
   const { raw, rx } = await hostilePeer();
   rawSend(raw, new Uint8Array(0));

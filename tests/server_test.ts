@@ -16,12 +16,16 @@ import {
   fdTest,
   finish,
   ipcError,
+  onLinux,
   openFds,
   runFixture,
   settled,
   startLinked,
   within,
 } from "./helpers.ts";
+
+const SOCKET_DIRECTORY =
+  "server names are sockets in a private directory on Linux only";
 import { libc } from "../ffi/libc.ts";
 
 function directoryOf(name: string): string {
@@ -115,57 +119,72 @@ Deno.test("the parent accepts before a child connects (name in env)", async () =
   await settled();
 });
 
-Deno.test("the server's directory is private (0700) and removed on close", () => {
-  const server = new IpcOneShotServer<number>();
-  const directory = directoryOf(server.name);
-  ok(server.name.startsWith("/"), "the name is an absolute path");
-  const info = Deno.statSync(directory);
-  ok(info.isDirectory);
-  equal(
-    (info.mode ?? 0) & 0o777,
-    0o700,
-    `mode ${(info.mode ?? 0).toString(8)}`,
-  );
-  equal(info.uid, libc().getuid(), "owned by this user");
-  ok(Deno.lstatSync(server.name).isSocket, "the name is a socket");
-  const entries = [...Deno.readDirSync(directory)].map((e) => e.name);
-  equal(entries.length, 1, `only the socket lives there: ${entries}`);
-  server.close();
-  ok(!exists(server.name), "the socket is removed");
-  ok(!exists(directory), "the directory is removed");
-  server.close(); // twice is harmless
-  // Each server gets its own directory.
-  const a = new IpcOneShotServer<number>();
-  const b = new IpcOneShotServer<number>();
-  ok(directoryOf(a.name) !== directoryOf(b.name));
-  a.close();
-  b.close();
-});
+Deno.test(
+  onLinux(
+    "the server's directory is private (0700) and removed on close",
+    SOCKET_DIRECTORY,
+  ),
+  () => {
+    const server = new IpcOneShotServer<number>();
+    const directory = directoryOf(server.name);
+    ok(server.name.startsWith("/"), "the name is an absolute path");
+    const info = Deno.statSync(directory);
+    ok(info.isDirectory);
+    equal(
+      (info.mode ?? 0) & 0o777,
+      0o700,
+      `mode ${(info.mode ?? 0).toString(8)}`,
+    );
+    equal(info.uid, libc().getuid(), "owned by this user");
+    ok(Deno.lstatSync(server.name).isSocket, "the name is a socket");
+    const entries = [...Deno.readDirSync(directory)].map((e) => e.name);
+    equal(entries.length, 1, `only the socket lives there: ${entries}`);
+    server.close();
+    ok(!exists(server.name), "the socket is removed");
+    ok(!exists(directory), "the directory is removed");
+    server.close(); // twice is harmless
+    // Each server gets its own directory.
+    const a = new IpcOneShotServer<number>();
+    const b = new IpcOneShotServer<number>();
+    ok(directoryOf(a.name) !== directoryOf(b.name));
+    a.close();
+    b.close();
+  },
+);
 
-Deno.test("the server's directory is removed after accept", async () => {
-  const server = new IpcOneShotServer<number>();
-  const directory = directoryOf(server.name);
-  const tx = IpcSender.connect<number>(server.name);
-  tx.send(1);
-  const [rx] = await server.accept();
-  ok(!exists(directory), "the directory is gone after accept");
-  // One server, one client: a second client cannot connect.
-  throws(() => IpcSender.connect<number>(server.name), ipcError("Io"));
-  tx.close();
-  rx.close();
-  server.close();
-  await settled();
-});
+Deno.test(
+  onLinux("the server's directory is removed after accept", SOCKET_DIRECTORY),
+  async () => {
+    const server = new IpcOneShotServer<number>();
+    const directory = directoryOf(server.name);
+    const tx = IpcSender.connect<number>(server.name);
+    tx.send(1);
+    const [rx] = await server.accept();
+    ok(!exists(directory), "the directory is gone after accept");
+    // One server, one client: a second client cannot connect.
+    throws(() => IpcSender.connect<number>(server.name), ipcError("Io"));
+    tx.close();
+    rx.close();
+    server.close();
+    await settled();
+  },
+);
 
-Deno.test("the server's directory is removed when its process ends normally", async () => {
-  const child = runFixture("child.ts", { args: ["-", "server"] });
-  const result = await finish(child);
-  equal(result.code, 0, result.stderr);
-  const name = result.stdout.trim();
-  ok(name.endsWith("/socket"), `child printed ${name}`);
-  ok(!exists(name), "the socket is gone");
-  ok(!exists(directoryOf(name)), "the directory is gone");
-});
+Deno.test(
+  onLinux(
+    "the server's directory is removed when its process ends normally",
+    SOCKET_DIRECTORY,
+  ),
+  async () => {
+    const child = runFixture("child.ts", { args: ["-", "server"] });
+    const result = await finish(child);
+    equal(result.code, 0, result.stderr);
+    const name = result.stdout.trim();
+    ok(name.endsWith("/socket"), `child printed ${name}`);
+    ok(!exists(name), "the socket is gone");
+    ok(!exists(directoryOf(name)), "the directory is gone");
+  },
+);
 
 fdTest(import.meta, "connect to a missing name throws kind Io", async () => {
   const missing =
