@@ -474,3 +474,13 @@ Deno.test("a reply right in the header counts among the resources", () => {
     { name: 0x5503, disposition: MACH_MSG_TYPE_PORT_SEND_ONCE },
   ]);
 });
+
+Deno.test("the selector picks the macOS backend for darwin, Linux for linux", async () => {
+  const { selectBackend } = await import("../platform/mod.ts");
+  const { macos } = await import("../platform/macos.ts");
+  const { linux } = await import("../platform/linux.ts");
+  equal(selectBackend("darwin"), macos);
+  equal(selectBackend("linux"), linux);
+  equal(selectBackend("windows"), undefined);
+  ok(macos !== linux);
+});
