@@ -60,6 +60,7 @@ const symbols = {
   getenv: { parameters: ["buffer"], result: "pointer" },
   unsetenv: { parameters: ["buffer"], result: "i32" },
   getuid: { parameters: [], result: "u32" },
+  sched_yield: { parameters: [], result: "i32" },
   getpid: { parameters: [], result: "i32" },
   strerror: { parameters: ["i32"], result: "pointer" },
   __errno_location: { parameters: [], result: "pointer" },
@@ -127,9 +128,12 @@ export const EAGAIN = 11;
 export const ENOMEM = 12;
 export const EACCES = 13;
 export const EEXIST = 17;
+export const EFAULT = 14;
+export const EINVAL = 22;
 export const ENFILE = 23;
 export const EMFILE = 24;
 export const EPIPE = 32;
+export const ENOTSOCK = 88;
 export const EMSGSIZE = 90;
 export const ECONNRESET = 104;
 export const ENOBUFS = 105;

@@ -34,10 +34,18 @@ const RECENT_MS = 2;
 const MAX_EVENTS = 128;
 const WAKE_TOKEN = 0;
 
+interface Watch {
+  fd: number;
+  onReady: ReadyCallback;
+  /** False once released: still registered with epoll until the next park. */
+  active: boolean;
+}
+
 class Poller {
   #epfd = -1;
   #wakeFd = -1;
-  #watches = new Map<number, ReadyCallback>();
+  #watches = new Map<number, Watch>();
+  #active = 0;
   #nextToken = 1;
   #running = false;
   #parked = false;
@@ -73,13 +81,14 @@ class Poller {
     }
   }
 
-  /** Calls `onReady` whenever `fd` has any of `events`, until {@linkcode unwatch}. */
+  /** Calls `onReady` whenever `fd` has any of `events`, until released. */
   watch(fd: number, events: number, onReady: ReadyCallback): number {
     this.#open();
     const token = this.#nextToken++;
     if (this.#nextToken > 0xffff_fff0) this.#nextToken = 1;
     this.#control(EPOLL_CTL_ADD, fd, events, token);
-    this.#watches.set(token, onReady);
+    this.#watches.set(token, { fd, onReady, active: true });
+    this.#active++;
     if (!this.#running) this.#start();
     return token;
   }
@@ -89,16 +98,59 @@ class Poller {
     this.#control(EPOLL_CTL_MOD, fd, events, token);
   }
 
-  /** Ends a watch. Must be called before the fd is closed. */
+  /**
+   * Stops calling back but leaves the fd registered until the loop parks,
+   * so that a receiver waiting message after message costs no epoll_ctl.
+   */
+  release(token: number): void {
+    const watch = this.#watches.get(token);
+    if (watch === undefined || !watch.active) return;
+    watch.active = false;
+    this.#active--;
+    if (this.#active === 0 && this.#parked) this.#wake();
+  }
+
+  /** Makes a released watch active again; false if it is gone. */
+  revive(token: number): boolean {
+    const watch = this.#watches.get(token);
+    if (watch === undefined) return false;
+    if (!watch.active) {
+      watch.active = true;
+      this.#active++;
+      if (!this.#running) this.#start();
+    }
+    return true;
+  }
+
+  /** Ends a watch at once. Must be called before the fd is closed. */
   unwatch(fd: number, token: number): void {
-    if (!this.#watches.delete(token)) return;
-    libc().epoll_ctl(this.#epfd, EPOLL_CTL_DEL, fd, this.#ctlEvent);
-    if (this.#watches.size === 0 && this.#parked) this.#wake();
+    const watch = this.#watches.get(token);
+    if (watch === undefined) return;
+    this.#remove(token, watch);
+    if (this.#active === 0 && this.#parked) this.#wake();
+    void fd;
+  }
+
+  #remove(token: number, watch: Watch): void {
+    this.#watches.delete(token);
+    if (watch.active) this.#active--;
+    libc().epoll_ctl(this.#epfd, EPOLL_CTL_DEL, watch.fd, this.#ctlEvent);
+  }
+
+  #dropReleased(): void {
+    for (const [token, watch] of this.#watches) {
+      if (!watch.active) this.#remove(token, watch);
+    }
   }
 
   /** Notes that a message just moved, so the next wait spins before parking. */
   traffic(): void {
     this.#lastTraffic = performance.now();
+  }
+
+  /** True right after traffic: a short spin is likely to find the answer. */
+  recentTraffic(): boolean {
+    return performance.now() - this.#lastTraffic < RECENT_MS;
   }
 
   /** Resolves once nothing is watched and no wait is parked (for tests). */
@@ -125,21 +177,24 @@ class Poller {
   async #loop(): Promise<void> {
     const lc = libc();
     try {
-      while (this.#watches.size > 0) {
+      while (this.#active > 0) {
         // Let the code woken by the last dispatch run (and send) first.
         await null;
-        if (this.#watches.size === 0) break;
+        if (this.#active === 0) break;
         let count = 0;
-        if (performance.now() - this.#lastTraffic < RECENT_MS) {
+        if (this.recentTraffic()) {
           const start = performance.now();
           do {
             count = lc.epoll_wait(this.#epfd, this.#spinEvents, MAX_EVENTS, 0);
+            if (count === 0) lc.sched_yield();
           } while (count === 0 && performance.now() - start < SPIN_MS);
           if (count > 0) {
             this.#dispatch(this.#spinEvents, count);
             continue;
           }
         }
+        this.#dropReleased();
+        if (this.#active === 0) break;
         this.#parked = true;
         count = await lc.epoll_wait_parked(
           this.#epfd,
@@ -155,6 +210,7 @@ class Poller {
         this.#dispatch(this.#parkEvents, count);
       }
     } finally {
+      this.#dropReleased();
       this.#running = false;
       this.#parked = false;
       for (const resolve of this.#idle.splice(0)) resolve();
@@ -170,8 +226,11 @@ class Poller {
         libc().read(this.#wakeFd, new Uint8Array(8), 8n);
         continue;
       }
-      const onReady = this.#watches.get(token);
-      if (onReady !== undefined) onReady(view.getUint32(at, true));
+      const watch = this.#watches.get(token);
+      if (watch === undefined) continue;
+      // A released fd that is ready would keep the spin busy: drop it now.
+      if (!watch.active) this.#remove(token, watch);
+      else watch.onReady(view.getUint32(at, true));
     }
   }
 }

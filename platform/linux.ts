@@ -25,10 +25,17 @@ import {
   cmsgSpace,
   cString,
   EAGAIN,
+  EBADF,
+  ECONNREFUSED,
   EEXIST,
+  EFAULT,
+  EINVAL,
   EINTR,
   EMSGSIZE,
   ENOBUFS,
+  ENOMEM,
+  ENOTCONN,
+  ENOTSOCK,
   EPOLLIN,
   EPOLLOUT,
   errno,
@@ -67,7 +74,7 @@ import {
   takeEnv,
   UCRED_SIZE,
 } from "../ffi/libc.ts";
-import { poller } from "./epoll.ts";
+import { poller, SPIN_MS } from "./epoll.ts";
 import { isDisconnect, osError } from "./linux_errors.ts";
 import { LinuxReceiverSet } from "./linux_set.ts";
 import { LinuxSharedMemory } from "./linux_shm.ts";
@@ -154,6 +161,19 @@ function prepareReceive(): void {
 
 const END_OF_STREAM = Symbol("end of stream");
 
+/** What recvmsg(2) documents for a socket; anything else is retried once. */
+const RECVMSG_ERRORS = new Set([
+  EAGAIN,
+  EINTR,
+  EBADF,
+  ECONNREFUSED,
+  EFAULT,
+  EINVAL,
+  ENOMEM,
+  ENOTCONN,
+  ENOTSOCK,
+]);
+
 /**
  * Reads one packet. Returns undefined when none is waiting (non-blocking),
  * END_OF_STREAM when every sender is gone; throws on a malformed packet after
@@ -166,6 +186,7 @@ function receiveOne(
   prepareReceive();
   const lc = libc();
   const flags = MSG_CMSG_CLOEXEC | (blocking ? 0 : MSG_DONTWAIT);
+  let retries = 0;
   for (;;) {
     receiveHeaderView.setUint32(
       MSGHDR.controllen,
@@ -180,6 +201,11 @@ function receiveOne(
       if (code === EINTR) continue;
       if (code === EAGAIN) return undefined;
       if (isDisconnect(code)) return END_OF_STREAM;
+      if (!blocking && !RECVMSG_ERRORS.has(code) && retries++ < 2) {
+        // errno is read after the call returns to JavaScript; should the
+        // runtime have touched it in between, a non-blocking retry is safe.
+        continue;
+      }
       throw osError("recvmsg", code);
     }
     const fds = takeDescriptors();
@@ -535,6 +561,8 @@ class LinuxSender implements OsSender {
 
   constructor(fd: number) {
     this.#fd = fd;
+    // A sender that arrived in a message may be this process's first socket.
+    learnInlineLimit(fd);
     fdRegistry.register(this, fd, this);
   }
 
@@ -751,6 +779,17 @@ class LinuxReceiver implements OsReceiver {
         "recvSync() called while a recv() on the same receiver is pending",
       );
     }
+    if (poller.recentTraffic()) {
+      // The answer to what we just sent is likely microseconds away: poll
+      // briefly (yielding the core to the peer) before the blocking call.
+      const start = performance.now();
+      do {
+        flushPendingSenders();
+        const message = this.#receive(false);
+        if (message !== undefined) return message;
+        libc().sched_yield();
+      } while (performance.now() - start < SPIN_MS);
+    }
     for (;;) {
       flushPendingSenders();
       if (pendingSenders.size === 0) {
@@ -767,6 +806,8 @@ class LinuxReceiver implements OsReceiver {
   }
 
   recv(options?: OsWaitOptions): Promise<OsMessage> {
+    // An aborted signal wins even over a waiting message, as in fetch().
+    if (options?.signal?.aborted) return Promise.reject(options.signal.reason);
     try {
       this.#check();
       if (this.#waiters.size === 0) {
@@ -777,9 +818,9 @@ class LinuxReceiver implements OsReceiver {
       return Promise.reject(error);
     }
     const promise = this.#waiters.add(undefined, options, () => {
-      if (this.#waiters.size === 0) this.#stopWatching();
+      if (this.#waiters.size === 0) poller.release(this.#watch);
     });
-    if (this.#watch === 0) {
+    if (this.#watch === 0 || !poller.revive(this.#watch)) {
       this.#watch = poller.watch(this.#fd, EPOLLIN, () => this.#onReadable());
     }
     return promise;
@@ -798,7 +839,7 @@ class LinuxReceiver implements OsReceiver {
       if (message === undefined) break;
       this.#waiters.resolveFirst(message);
     }
-    if (this.#waiters.size === 0) this.#stopWatching();
+    if (this.#waiters.size === 0) poller.release(this.#watch);
   }
 
   #stopWatching(): void {
@@ -999,6 +1040,8 @@ class LinuxServer implements OsServer {
   }
 
   accept(options?: OsWaitOptions): Promise<OsAccepted> {
+    // An aborted signal wins even over a waiting message, as in fetch().
+    if (options?.signal?.aborted) return Promise.reject(options.signal.reason);
     if (this.#fd < 0) {
       return Promise.reject(new IpcError("Closed", "the server is closed"));
     }
@@ -1011,9 +1054,9 @@ class LinuxServer implements OsServer {
       return Promise.reject(error);
     }
     const promise = this.#waiters.add(undefined, options, () => {
-      if (this.#waiters.size === 0) this.#stopWatching();
+      if (this.#waiters.size === 0) poller.release(this.#watch);
     });
-    if (this.#watch === 0) {
+    if (this.#watch === 0 || !poller.revive(this.#watch)) {
       this.#watch = poller.watch(this.#fd, EPOLLIN, () => this.#onReadable());
     }
     return promise;
@@ -1066,7 +1109,6 @@ function connect(name: string): OsSender {
     throw osError(`connect to ${name}`, code);
   }
   lc.shutdown(fd, SHUT_RD);
-  learnInlineLimit(fd);
   return new LinuxSender(fd);
 }
 
@@ -1086,7 +1128,6 @@ function channel(): [OsSender, OsReceiver] {
   // One direction only: a receiver cannot write back into its sender.
   lc.shutdown(pair[0], SHUT_RD);
   lc.shutdown(pair[1], SHUT_WR);
-  learnInlineLimit(pair[0]);
   return [new LinuxSender(pair[0]), new LinuxReceiver(pair[1])];
 }
 
