@@ -106,6 +106,7 @@ import {
   receiveOptions,
   resourcesOf,
   sizeNeeded,
+  viaSendOnce,
   wasPseudoReceived,
 } from "./macos_msg.ts";
 import {
@@ -429,7 +430,7 @@ function interpret(bytes: Uint8Array, expectedId = MSG_ID_DATA): Interpreted {
   }
   const resources = resourcesOf(parsed);
   rights.received(resources);
-  if (!parsed.complex && parsed.id !== expectedId) {
+  if (!parsed.complex && parsed.id !== expectedId && viaSendOnce(parsed)) {
     let notification;
     try {
       notification = parseNotification(bytes, parsed);
@@ -456,10 +457,17 @@ function interpret(bytes: Uint8Array, expectedId = MSG_ID_DATA): Interpreted {
       ? malformed(error.message, error)
       : error;
   }
-  // Anything beyond the frame's handles (a reply port, say) is dropped.
-  const kept = new Set(frame.handles.map((h) => h.name));
+  // Anything beyond the frame's handles (a reply port, say) is dropped;
+  // count per name, since one name may carry several references.
+  const kept = new Map<number, number>();
+  for (const h of frame.handles) kept.set(h.name, (kept.get(h.name) ?? 0) + 1);
   const extra: ReceivedResources = {
-    rights: resources.rights.filter((r) => !kept.has(r.name)),
+    rights: resources.rights.filter((r) => {
+      const left = kept.get(r.name) ?? 0;
+      if (left === 0) return true;
+      kept.set(r.name, left - 1);
+      return false;
+    }),
     regions: [],
   };
   if (extra.rights.length > 0) rights.discard(extra);
@@ -568,6 +576,11 @@ function reclaim(ports: readonly OutgoingPort[]): number[] {
     );
   }
   return resources.rights.map((r) => r.name);
+}
+
+/** A send that did not go but may later: queue it. */
+function queueFull(kr: number): boolean {
+  return kr === MACH_SEND_TIMED_OUT || kr === MACH_SEND_INTERRUPTED;
 }
 
 /** The handles of one message, checked before anything is sent. */
@@ -770,7 +783,7 @@ class MacSender implements OsSender {
         return;
       }
       if (wasPseudoReceived(sendBuffer)) plan.restore(reclaim(ports));
-      if (kr !== MACH_SEND_TIMED_OUT) throw this.#failure(kr);
+      if (!queueFull(kr)) throw this.#failure(kr);
     }
     this.#enqueue(data, plan);
   }
@@ -819,7 +832,7 @@ class MacSender implements OsSender {
         const names = reclaim(next.ports);
         next.ports = next.ports.map((p, i) => ({ ...p, name: names[i] }));
       }
-      if (kr === MACH_SEND_TIMED_OUT) {
+      if (queueFull(kr)) {
         this.#requestSendPossible();
         break;
       }

@@ -555,6 +555,18 @@ export type Notification =
  */
 export const NOTIFY_FIELD_OFFSET = HEADER_SIZE + 8;
 
+/**
+ * Whether a message came through a send-once right: the local field of a
+ * received header carries the right the sender used (mach/message.h
+ * `MACH_MSGH_BITS_LOCAL`). Our notification requests give the kernel the
+ * only send-once rights to our ports (`MAKE_SEND_ONCE`); peers hold send
+ * rights, so a peer cannot forge a no-senders notification.
+ */
+export function viaSendOnce(parsed: ParsedMessage): boolean {
+  return ((parsed.bits & MACH_MSGH_BITS_LOCAL_MASK) >>> 8) ===
+    MACH_MSG_TYPE_PORT_SEND_ONCE;
+}
+
 /** The notification in a parsed message, or undefined if it is not one. */
 export function parseNotification(
   bytes: Uint8Array,

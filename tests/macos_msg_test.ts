@@ -45,6 +45,7 @@ import {
   receiveOptions,
   resourcesOf,
   sizeNeeded,
+  viaSendOnce,
   wasPseudoReceived,
 } from "../platform/macos_msg.ts";
 
@@ -483,4 +484,14 @@ Deno.test("the selector picks the macOS backend for darwin, Linux for linux", as
   equal(selectBackend("linux"), linux);
   equal(selectBackend("windows"), undefined);
   ok(macos !== linux);
+});
+
+Deno.test("only a message through a send-once right can be a notification", () => {
+  // mach/message.h MACH_MSGH_BITS_LOCAL(bits) = (bits & 0x1f00) >> 8: the
+  // right the sender used, PORT_SEND_ONCE (18) for a kernel notification.
+  const kernelMade = notification(70, 0x4403, 1);
+  ok(viaSendOnce(parseMessage(kernelMade)));
+  const forged = notification(70, 0x4403, 1);
+  view(forged).setUint32(0, MACH_MSG_TYPE_PORT_SEND << 8, true);
+  ok(!viaSendOnce(parseMessage(forged)));
 });
