@@ -63,6 +63,7 @@ let bytesReceiverOs: (endpoint: IpcBytesReceiver) => OsReceiver;
 let opaqueSenderOs: (endpoint: OpaqueIpcSender) => OsSender;
 let opaqueReceiverOs: (endpoint: OpaqueIpcReceiver) => OsReceiver;
 let takeReceiverOs: (endpoint: IpcReceiver<unknown>, to: string) => OsReceiver;
+let takeBytesReceiverOs: (endpoint: IpcBytesReceiver, to: string) => OsReceiver;
 let takeOpaqueReceiverOs: (
   endpoint: OpaqueIpcReceiver,
   to: string,
@@ -588,6 +589,7 @@ export class IpcBytesReceiver {
 
   static {
     wrapBytesReceiver = (os) => new IpcBytesReceiver(os);
+    takeBytesReceiverOs = (endpoint, to) => endpoint.#slot.take("receiver", to);
     bytesReceiverOs = (endpoint) => endpoint.#slot.get("receiver");
   }
 
@@ -1516,7 +1518,7 @@ const unreadMessages = new FinalizationRegistry<OsIncomingHandle[]>(
   },
 );
 
-let wrapMessage: (message: OsMessage) => OpaqueIpcMessage;
+let wrapMessage: (message: OsMessage, raw: boolean) => OpaqueIpcMessage;
 
 /**
  * A message whose type is not known yet (Rust's `IpcMessage`), as a
@@ -1540,19 +1542,44 @@ let wrapMessage: (message: OsMessage) => OpaqueIpcMessage;
  */
 export class OpaqueIpcMessage {
   readonly #data: Uint8Array;
+  readonly #raw: boolean;
   #handles: OsIncomingHandle[] | undefined;
   #adopted = false;
 
-  private constructor(message: OsMessage) {
+  private constructor(message: OsMessage, raw: boolean) {
     this.#data = message.data;
-    if (message.handles.length > 0) {
+    this.#raw = raw;
+    if (raw) {
+      // A bytes channel carries no endpoints; anything else is a stray.
+      for (const handle of message.handles) handle.close();
+    } else if (message.handles.length > 0) {
       this.#handles = message.handles;
       unreadMessages.register(this, message.handles, this);
     }
   }
 
   static {
-    wrapMessage = (message) => new OpaqueIpcMessage(message);
+    wrapMessage = (message, raw) => new OpaqueIpcMessage(message, raw);
+  }
+
+  /**
+   * The message's raw bytes (for a member added as an
+   * {@linkcode IpcBytesReceiver}, the bytes that were sent).
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel, IpcReceiverSet } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * using set = new IpcReceiverSet();
+   * set.add(rx);
+   * tx.send(new Uint8Array([7]));
+   * const [result] = await set.select();
+   * if (result.type === "message") console.log(result.message.bytes[0]); // 7
+   * tx.close();
+   * ```
+   */
+  get bytes(): Uint8Array {
+    return this.#data;
   }
 
   /**
@@ -1574,6 +1601,7 @@ export class OpaqueIpcMessage {
    * ```
    */
   to<T>(): T {
+    if (this.#raw) return this.#data as T;
     const handles = this.#handles;
     if (handles !== undefined) {
       this.#handles = undefined;
@@ -1640,10 +1668,15 @@ export type IpcSelectionResult =
 
 function selection(
   results: ReturnType<OsReceiverSet["trySelect"]>,
+  rawIds: ReadonlySet<number>,
 ): IpcSelectionResult[] {
   return results.map((result) =>
     result.type === "message"
-      ? { type: "message", id: result.id, message: wrapMessage(result.message) }
+      ? {
+        type: "message",
+        id: result.id,
+        message: wrapMessage(result.message, rawIds.has(result.id)),
+      }
       : result
   );
 }
@@ -1674,6 +1707,8 @@ function selection(
  */
 export class IpcReceiverSet {
   readonly #os: OsReceiverSet;
+  /** Members added as bytes receivers: their messages are not decoded. */
+  readonly #rawIds = new Set<number>();
 
   /** An empty set. */
   constructor() {
@@ -1692,12 +1727,21 @@ export class IpcReceiverSet {
    * tx.close();
    * ```
    */
-  add<T>(receiver: IpcReceiver<T>): number {
+  add<T>(receiver: IpcReceiver<T> | IpcBytesReceiver): number {
+    const to = "added to a receiver set";
+    if (receiver instanceof IpcBytesReceiver) {
+      const id = this.#os.add(takeBytesReceiverOs(receiver, to));
+      this.#rawIds.add(id);
+      return id;
+    }
+    if (!(receiver instanceof IpcReceiver)) {
+      throw new IpcError(
+        "Io",
+        "IpcReceiverSet.add() takes an IpcReceiver or an IpcBytesReceiver; use addOpaque() for an OpaqueIpcReceiver",
+      );
+    }
     return this.#os.add(
-      takeReceiverOs(
-        receiver as IpcReceiver<unknown>,
-        "added to a receiver set",
-      ),
+      takeReceiverOs(receiver as IpcReceiver<unknown>, to),
     );
   }
 
@@ -1735,6 +1779,7 @@ export class IpcReceiverSet {
    */
   remove(id: number): void {
     this.#os.remove(id);
+    this.#rawIds.delete(id);
   }
 
   /**
@@ -1767,7 +1812,7 @@ export class IpcReceiverSet {
    * ```
    */
   async select(options?: RecvOptions): Promise<IpcSelectionResult[]> {
-    return selection(await this.#os.select(options));
+    return selection(await this.#os.select(options), this.#rawIds);
   }
 
   /**
@@ -1791,7 +1836,7 @@ export class IpcReceiverSet {
   trySelect(): IpcSelectionResult[] {
     const results = this.#os.trySelect();
     if (results.length === 0) throw empty();
-    return selection(results);
+    return selection(results, this.#rawIds);
   }
 
   /**
@@ -1812,7 +1857,10 @@ export class IpcReceiverSet {
     ms: number,
     options?: RecvOptions,
   ): Promise<IpcSelectionResult[]> {
-    return selection(await this.#os.select({ ...options, timeoutMs: ms }));
+    return selection(
+      await this.#os.select({ ...options, timeoutMs: ms }),
+      this.#rawIds,
+    );
   }
 
   /**

@@ -150,6 +150,7 @@ export const SO_PEERCRED = 17;
 export const SCM_RIGHTS = 1;
 export const SHUT_RD = 0;
 export const SHUT_WR = 1;
+export const MSG_PEEK = 0x2;
 export const MSG_CTRUNC = 0x8;
 export const MSG_TRUNC = 0x20;
 export const MSG_DONTWAIT = 0x40;

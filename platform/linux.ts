@@ -55,6 +55,7 @@ import {
   MSG_CTRUNC,
   MSG_DONTWAIT,
   MSG_NOSIGNAL,
+  MSG_PEEK,
   MSG_TRUNC,
   MSGHDR,
   POLLIN,
@@ -96,6 +97,15 @@ import { Waiters } from "./waiters.ts";
 const MAGIC = 0x4950;
 const KIND_INLINE = 1;
 const KIND_MEMFD = 2;
+/** Several small messages in one packet: repeated (u32 length, bytes). */
+const KIND_BATCH = 3;
+/** "Read on from this descriptor": ends a receiver's spilled backlog. */
+const KIND_REDIRECT = 4;
+/** Framed bytes in one batch packet. Small enough that a spilled backlog
+ * always fits a fresh socket's buffer. */
+const BATCH_LIMIT = 64 * 1024;
+/** The largest message that is batched. */
+const BATCHED_MAX = 8 * 1024;
 const HEADER = 8;
 const MEMFD_HEADER = 16;
 /** Larger than any packet the default socket buffers let through (212,960 B). */
@@ -182,7 +192,7 @@ const RECVMSG_ERRORS = new Set([
 function receiveOne(
   fd: number,
   blocking: boolean,
-): OsMessage | undefined | typeof END_OF_STREAM {
+): Received | undefined | typeof END_OF_STREAM {
   prepareReceive();
   const lc = libc();
   const flags = MSG_CMSG_CLOEXEC | (blocking ? 0 : MSG_DONTWAIT);
@@ -242,7 +252,10 @@ function takeDescriptors(): number[] {
   return fds;
 }
 
-function parsePacket(length: number, flags: number, fds: number[]): OsMessage {
+/** A received packet: one message, several (a batch), or a redirect. */
+type Received = OsMessage | { batch: Uint8Array[] } | { redirect: number };
+
+function parsePacket(length: number, flags: number, fds: number[]): Received {
   if (flags & MSG_CTRUNC) {
     const announced =
       length >= HEADER && receiveView.getUint16(0, true) === MAGIC
@@ -292,7 +305,44 @@ function parsePacket(length: number, flags: number, fds: number[]): OsMessage {
     closeFd(fds.pop()!);
     return { data, handles: fds.map((fd) => new LinuxIncoming(fd)) };
   }
+  if (kind === KIND_BATCH) {
+    if (count !== 0) throw malformed("a batch frame with descriptors");
+    const batch: Uint8Array[] = [];
+    for (let at = HEADER; at < length;) {
+      if (at + 4 > length) throw malformed("a truncated batch frame");
+      const size = receiveView.getUint32(at, true);
+      if (at + 4 + size > length) throw malformed("a truncated batch frame");
+      batch.push(receiveBuffer.slice(at + 4, at + 4 + size));
+      at += 4 + size;
+    }
+    if (batch.length === 0) throw malformed("an empty batch frame");
+    return { batch };
+  }
+  if (kind === KIND_REDIRECT) {
+    if (length !== HEADER || count !== 1) {
+      throw malformed("a bad redirect frame");
+    }
+    return { redirect: fds[0] };
+  }
   throw malformed(`unknown frame kind ${kind}`);
+}
+
+/**
+ * True when every sender of `fd` is gone and nothing is queued: what a
+ * spilled backlog's socket looks like once its redirect has been read.
+ */
+function drainedAndClosed(fd: number): boolean {
+  prepareReceive();
+  receiveHeaderView.setUint32(MSGHDR.controllen, receiveControl.length, true);
+  receiveHeaderView.setUint32(MSGHDR.controllen + 4, 0, true);
+  const length = libc().recvmsg(
+    fd,
+    receiveHeader,
+    MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC,
+  );
+  // A peek may install descriptors of the packet it looked at.
+  if (length >= 0) closeAll(takeDescriptors());
+  return length === 0;
 }
 
 function readSealedBody(fd: number, declared: bigint): Uint8Array {
@@ -335,7 +385,13 @@ function readSealedBody(fd: number, declared: bigint): Uint8Array {
 // Sending.
 
 interface Packet {
-  kind: typeof KIND_INLINE | typeof KIND_MEMFD;
+  kind:
+    | typeof KIND_INLINE
+    | typeof KIND_MEMFD
+    | typeof KIND_BATCH
+    | typeof KIND_REDIRECT;
+  /** A batch's framed bytes so far (KIND_BATCH only). */
+  batch?: { buffer: Uint8Array; used: number; count: number };
   /** The inline body (empty for a memfd packet). */
   body: Uint8Array;
   /** The body length a memfd packet announces. */
@@ -381,7 +437,15 @@ function transmit(fd: number, packet: Packet): number {
     stagingView.setBigUint64(8, BigInt(packet.length), true);
     headerLength = MEMFD_HEADER;
   }
-  const body = packet.body;
+  let body = packet.body;
+  const batch = packet.batch;
+  if (batch !== undefined) {
+    // A batch of one goes as a plain message.
+    body = batch.count === 1
+      ? batch.buffer.subarray(4, batch.used)
+      : batch.buffer.subarray(0, batch.used);
+    staging[2] = batch.count === 1 ? KIND_INLINE : KIND_BATCH;
+  }
   if (body.length <= STAGED_BODY) {
     staging.set(body, headerLength);
     sendIovecView.setUint32(8, headerLength + body.length, true);
@@ -426,6 +490,36 @@ function inlinePacket(data: Uint8Array, fds: number[]): Packet {
     owned: [],
     size: data.length,
   };
+}
+
+function batchPacket(): Packet {
+  return {
+    kind: KIND_BATCH,
+    batch: { buffer: new Uint8Array(1024), used: 0, count: 0 },
+    body: new Uint8Array(0),
+    length: 0,
+    fds: [],
+    owned: [],
+    size: 0,
+  };
+}
+
+/** Appends `data` to a batch packet; false if it would exceed BATCH_LIMIT. */
+function appendToBatch(packet: Packet, data: Uint8Array): boolean {
+  const batch = packet.batch!;
+  const end = batch.used + 4 + data.length;
+  if (end > BATCH_LIMIT) return false;
+  if (end > batch.buffer.length) {
+    const grown = new Uint8Array(Math.min(BATCH_LIMIT, 2 * end));
+    grown.set(batch.buffer.subarray(0, batch.used));
+    batch.buffer = grown;
+  }
+  new DataView(batch.buffer.buffer).setUint32(batch.used, data.length, true);
+  batch.buffer.set(data, batch.used + 4);
+  batch.used = end;
+  batch.count++;
+  packet.size += data.length;
+  return true;
 }
 
 /** Copies `data` into a sealed memfd and returns a packet that owns it. */
@@ -489,6 +583,15 @@ function learnInlineLimit(fd: number): void {
 
 /** Senders with a queue; a receive in this process may have made room. */
 const pendingSenders = new Set<LinuxSender>();
+
+let unloadHookedForSenders = false;
+
+/** `Deno.exit()` skips microtasks but runs "unload": flush batches there. */
+function hookUnload(): void {
+  if (unloadHookedForSenders) return;
+  unloadHookedForSenders = true;
+  globalThis.addEventListener("unload", flushPendingSenders);
+}
 
 function flushPendingSenders(): void {
   if (pendingSenders.size === 0) return;
@@ -570,6 +673,7 @@ class LinuxSender implements OsSender {
   #head = 0;
   #buffered = 0;
   #watch = 0;
+  #burst = false;
   #drainWaiters = new Waiters<void, number>("the queue did not drain");
 
   constructor(fd: number) {
@@ -597,6 +701,17 @@ class LinuxSender implements OsSender {
   send(data: Uint8Array, handles: readonly OsTransferable[]): void {
     this.descriptorForSend();
     if (this.#broken) throw this.#broken;
+    const batchable = handles.length === 0 && data.length <= BATCHED_MAX;
+    if (batchable && (this.#burst || this.#head < this.#queue.length)) {
+      // Right behind another send, or behind a queue: ride in a batch
+      // packet, flushed when this task yields (or as the reader drains).
+      if (!this.#burst) this.flush();
+      if (this.#broken) throw this.#broken;
+      if (this.#head < this.#queue.length || this.#burst) {
+        this.#appendBatched(data);
+        return;
+      }
+    }
     const plan = new HandlePlan(handles);
     if (this.#head < this.#queue.length) this.flush();
     if (this.#broken) throw this.#broken;
@@ -615,6 +730,7 @@ class LinuxSender implements OsSender {
         closeAll(packet.owned);
         plan.sent();
         poller.traffic();
+        if (batchable) this.#beginBurst();
         return;
       }
       if (code !== EAGAIN) {
@@ -644,10 +760,46 @@ class LinuxSender implements OsSender {
     };
     this.#queue.push(queued);
     this.#buffered += queued.size;
-    if (!pendingSenders.has(this)) {
-      pendingSenders.add(this);
+    this.#queued();
+  }
+
+  #appendBatched(data: Uint8Array): void {
+    let tail = this.#queue[this.#queue.length - 1];
+    if (
+      this.#head === this.#queue.length || tail?.batch === undefined ||
+      !appendToBatch(tail, data)
+    ) {
+      tail = batchPacket();
+      appendToBatch(tail, data);
+      this.#queue.push(tail);
+    }
+    this.#buffered += data.length;
+    this.#queued();
+  }
+
+  /** Notes a non-empty queue; the reader's room is watched outside bursts. */
+  #queued(): void {
+    pendingSenders.add(this);
+    if (!this.#burst && this.#watch === 0) {
       this.#watch = poller.watch(this.#fd, EPOLLOUT, () => this.flush());
     }
+  }
+
+  /**
+   * Sends made in the same task as this one are batched: the first went out
+   * at once (its errors reach its caller), the rest leave together when the
+   * task yields.
+   */
+  #beginBurst(): void {
+    this.#burst = true;
+    hookUnload();
+    queueMicrotask(() => {
+      this.#burst = false;
+      if (this.#head < this.#queue.length) {
+        this.flush();
+        if (this.#head < this.#queue.length) this.#queued();
+      }
+    });
   }
 
   /** The descriptor, for poll(2) while a queue is pending. */
@@ -706,7 +858,8 @@ class LinuxSender implements OsSender {
 
   #stopWatching(): void {
     if (!pendingSenders.delete(this)) return;
-    poller.unwatch(this.#fd, this.#watch);
+    if (this.#watch !== 0) poller.unwatch(this.#fd, this.#watch);
+    this.#watch = 0;
     if (this.#closedReason !== undefined) this.#release();
   }
 
@@ -742,6 +895,9 @@ class LinuxReceiver implements OsReceiver {
   #ended = false;
   #watch = 0;
   #waiters = new Waiters<OsMessage>("no message");
+  /** Messages of a batch already read from the socket, and the next one. */
+  #backlog: Uint8Array[] = [];
+  #backlogAt = 0;
 
   constructor(fd: number) {
     this.#fd = fd;
@@ -754,6 +910,7 @@ class LinuxReceiver implements OsReceiver {
 
   descriptorForSend(): number {
     this.#check();
+    this.#spill();
     return this.#fd;
   }
 
@@ -763,20 +920,111 @@ class LinuxReceiver implements OsReceiver {
     }
   }
 
-  /** One packet, or undefined; marks the end of the stream. */
+  /** One message, or undefined; marks the end of the stream. */
   #receive(blocking: boolean): OsMessage | undefined {
-    if (this.#ended) throw disconnectedReceiver();
-    const message = receiveOne(this.#fd, blocking);
-    if (message === END_OF_STREAM) {
-      this.#ended = true;
-      throw disconnectedReceiver();
+    if (this.#backlogAt < this.#backlog.length) {
+      const data = this.#backlog[this.#backlogAt++];
+      if (this.#backlogAt === this.#backlog.length) {
+        this.#backlog = [];
+        this.#backlogAt = 0;
+      }
+      return { data, handles: [] };
     }
-    if (message !== undefined) {
+    for (;;) {
+      if (this.#ended) throw disconnectedReceiver();
+      const received = receiveOne(this.#fd, blocking);
+      if (received === END_OF_STREAM) {
+        this.#ended = true;
+        throw disconnectedReceiver();
+      }
+      if (received === undefined) return undefined;
+      if ("redirect" in received) {
+        this.#follow(received.redirect);
+        continue;
+      }
       poller.traffic();
       flushPendingSenders();
+      if ("batch" in received) {
+        this.#backlog = received.batch;
+        this.#backlogAt = 1;
+        if (this.#backlog.length === 1) this.#backlog = [];
+        return { data: received.batch[0], handles: [] };
+      }
+      return received;
     }
-    return message;
   }
+
+  /** Switches to the descriptor a spilled backlog's redirect names. */
+  #follow(next: number): void {
+    // Only a socket that no sender can still write to may redirect us: a
+    // live channel's sender must not be able to hijack it.
+    if (!drainedAndClosed(this.#fd)) {
+      closeFd(next);
+      throw malformed("a redirect on a channel that still has senders");
+    }
+    this.#switchTo(next);
+  }
+
+  #switchTo(next: number): void {
+    const waiting = this.#watch !== 0 && this.#waiters.size > 0;
+    this.#stopWatching();
+    this.onDescriptorChange?.(this.#fd, next);
+    fdRegistry.unregister(this);
+    closeFd(this.#fd);
+    this.#fd = next;
+    fdRegistry.register(this, next, this);
+    if (waiting) {
+      this.#watch = poller.watch(next, EPOLLIN, () => this.#onReadable());
+    }
+  }
+
+  /**
+   * Puts messages already read from a batch back under a descriptor of
+   * their own, ahead of the rest: a socket holding them, then a redirect to
+   * the original. Called before the receiver leaves this handle, so that
+   * whoever gets it next reads every message in order.
+   */
+  #spill(): void {
+    if (this.#backlogAt >= this.#backlog.length) return;
+    const pair = new Int32Array(2);
+    const lc = libc();
+    if (
+      lc.socketpair(
+        AF_UNIX,
+        SOCK_SEQPACKET | SOCK_CLOEXEC,
+        0,
+        new Uint8Array(pair.buffer),
+      ) < 0
+    ) {
+      throw osError("socketpair", errno());
+    }
+    const rest = batchPacket();
+    for (let i = this.#backlogAt; i < this.#backlog.length; i++) {
+      appendToBatch(rest, this.#backlog[i]);
+    }
+    const redirect: Packet = {
+      kind: KIND_REDIRECT,
+      body: new Uint8Array(0),
+      length: 0,
+      fds: [this.#fd],
+      owned: [],
+      size: 0,
+    };
+    let code = transmit(pair[0], rest);
+    if (code === 0) code = transmit(pair[0], redirect);
+    closeFd(pair[0]);
+    if (code !== 0) {
+      closeFd(pair[1]);
+      throw osError("sendmsg (spilling a receiver's backlog)", code);
+    }
+    lc.shutdown(pair[1], SHUT_WR);
+    this.#backlog = [];
+    this.#backlogAt = 0;
+    this.#switchTo(pair[1]);
+  }
+
+  /** Lets a receiver set follow this receiver to a new descriptor. */
+  onDescriptorChange?: (previous: number, next: number) => void;
 
   tryRecv(): OsMessage | undefined {
     this.#check();
@@ -863,6 +1111,7 @@ class LinuxReceiver implements OsReceiver {
 
   /** Hands the descriptor to a message; this handle becomes unusable. */
   detach(reason = "sent away inside a message"): number {
+    this.#spill();
     const fd = this.#fd;
     this.#retire(reason);
     return fd;

@@ -39,6 +39,8 @@ export interface SetMember {
   tryRecv(): OsMessage | undefined;
   /** Releases it. */
   close(): void;
+  /** Set by the set: called when the member moves to another descriptor. */
+  onDescriptorChange?: (previous: number, next: number) => void;
 }
 
 const MIN_EVENTS = 16;
@@ -99,6 +101,14 @@ export class LinuxReceiverSet implements OsReceiverSet {
       throw osError("epoll_ctl", code);
     }
     this.#members.set(id, member);
+    // A member that follows a spilled backlog to a new descriptor keeps its
+    // place (and id) in the set.
+    member.onDescriptorChange = (previous, next) => {
+      libc().epoll_ctl(this.#epfd, EPOLL_CTL_DEL, previous, event);
+      if (libc().epoll_ctl(this.#epfd, EPOLL_CTL_ADD, next, event) < 0) {
+        throw osError("epoll_ctl", errno());
+      }
+    };
     const wanted = Math.min(MAX_EVENTS, this.#members.size);
     if (wanted * EPOLL_EVENT.size > this.#events.length) {
       this.#events = new Uint8Array(EPOLL_EVENT.size * wanted);

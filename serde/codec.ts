@@ -52,6 +52,7 @@ const MAX_DEPTH = 256;
 const EXTENSION_NEGATIVE_ZERO = 0x10;
 const EXTENSION_MAP = 0x11;
 const EXTENSION_FLOAT16 = 0x1f;
+const EXTENSION_PROTO_KEYED = 0x1e;
 const EXTENSION_FIRST_HANDLE = 0x12;
 
 // Float16Array is newer than msgpackr's typed-array table: it travels as its
@@ -60,6 +61,11 @@ const EXTENSION_FIRST_HANDLE = 0x12;
 const Float16 = (globalThis as any).Float16Array as
   | (new (buffer: ArrayBuffer) => ArrayBufferView)
   | undefined;
+
+/** A plain object with an own "__proto__" key, which msgpackr renames. */
+class ProtoKeyed {
+  constructor(readonly entries: unknown[]) {}
+}
 
 class Float16Bytes {
   constructor(readonly array: ArrayBufferView) {}
@@ -172,6 +178,27 @@ export class Codec<Outgoing, Incoming extends Closeable> {
         return new Float16(bytes.slice().buffer);
       },
     });
+    addExtension({
+      Class: ProtoKeyed,
+      type: EXTENSION_PROTO_KEYED,
+      write: (keyed: ProtoKeyed) => keyed.entries,
+      read: (entries: unknown) => {
+        if (!Array.isArray(entries) || entries.length % 2 !== 0) {
+          throw new IpcError("Serialization", "a malformed object");
+        }
+        const object: Record<string, unknown> = {};
+        for (let i = 0; i < entries.length; i += 2) {
+          // defineProperty: an own data property, never the prototype setter.
+          Object.defineProperty(object, String(entries[i]), {
+            value: entries[i + 1],
+            enumerable: true,
+            writable: true,
+            configurable: true,
+          });
+        }
+        return object;
+      },
+    });
     types.forEach((type, i) => {
       this.#endpointPrototypes.add(type.Class.prototype);
       addExtension({
@@ -258,7 +285,20 @@ export class Codec<Outgoing, Incoming extends Closeable> {
           throw at(error, `.${key}`);
         }
         if (prepared !== child) copy ??= { ...record };
-        if (copy !== undefined) copy[key] = prepared;
+        if (copy !== undefined) {
+          Object.defineProperty(copy, key, {
+            value: prepared,
+            enumerable: true,
+            writable: true,
+            configurable: true,
+          });
+        }
+      }
+      if (Object.hasOwn(record, "__proto__")) {
+        const source = copy ?? record;
+        return new ProtoKeyed(
+          Object.keys(source).flatMap((key) => [key, source[key]]),
+        );
       }
       return copy ?? value;
     }
