@@ -399,6 +399,8 @@ interface Packet {
   fds: number[];
   /** Descriptors this packet owns and closes once sent or dropped. */
   owned: number[];
+  /** Returns the queue memory holding `body`, once sent or dropped. */
+  release?: () => void;
   size: number;
 }
 
@@ -581,6 +583,50 @@ function learnInlineLimit(fd: number): void {
   inlineLimit = packet - MEMFD_HEADER;
 }
 
+/**
+ * Memory for queued message bodies: 1 MiB chunks handed out in order and
+ * recycled once every body in them has been sent. On this machine a fresh
+ * 64 KiB buffer costs ~20 µs of page faults, against ~2 µs to copy into
+ * memory already touched.
+ */
+class QueueMemory {
+  static readonly CHUNK = 1 << 20;
+  static readonly KEEP = 4;
+  #free: Uint8Array[] = [];
+  #current: { buffer: Uint8Array; used: number; live: number } | undefined;
+
+  copy(data: Uint8Array): { bytes: Uint8Array; release?: () => void } {
+    if (data.length === 0) return { bytes: data };
+    if (data.length > QueueMemory.CHUNK / 4) return { bytes: data.slice() };
+    let chunk = this.#current;
+    if (chunk === undefined || chunk.used + data.length > chunk.buffer.length) {
+      chunk = {
+        buffer: this.#free.pop() ?? new Uint8Array(QueueMemory.CHUNK),
+        used: 0,
+        live: 0,
+      };
+      this.#current = chunk;
+    }
+    const bytes = chunk.buffer.subarray(chunk.used, chunk.used + data.length);
+    bytes.set(data);
+    chunk.used += data.length;
+    chunk.live++;
+    const owner = chunk;
+    return {
+      bytes,
+      release: () => {
+        if (--owner.live > 0) return;
+        if (owner === this.#current) owner.used = 0;
+        else if (this.#free.length < QueueMemory.KEEP) {
+          this.#free.push(owner.buffer);
+        }
+      },
+    };
+  }
+}
+
+const queueMemory = new QueueMemory();
+
 /** Senders with a queue; a receive in this process may have made room. */
 const pendingSenders = new Set<LinuxSender>();
 
@@ -749,11 +795,13 @@ class LinuxSender implements OsSender {
       closeAll(packet.owned);
       throw error;
     }
-    // The caller may reuse its buffer once send returns.
-    const body = packet.body.length > 0 ? packet.body.slice() : packet.body;
+    // The caller may reuse its buffer once send returns: keep a copy, in
+    // recycled memory (fresh pages cost more here than the copy itself).
+    const copy = queueMemory.copy(packet.body);
     const queued: Packet = {
       ...packet,
-      body,
+      body: copy.bytes,
+      release: copy.release,
       fds: [...owned, ...packet.owned],
       owned: [...owned, ...packet.owned],
       size: packet.size,
@@ -826,6 +874,7 @@ class LinuxSender implements OsSender {
         return;
       }
       closeAll(packet.owned);
+      packet.release?.();
       this.#queue[this.#head++] = undefined;
       this.#buffered -= packet.size;
     }
@@ -848,6 +897,7 @@ class LinuxSender implements OsSender {
     this.#broken ??= error;
     for (let i = this.#head; i < this.#queue.length; i++) {
       closeAll(this.#queue[i]!.owned);
+      this.#queue[i]!.release?.();
     }
     this.#queue = [];
     this.#head = 0;
