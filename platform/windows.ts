@@ -822,6 +822,8 @@ class WindowsReceiver implements OsReceiver {
   }
 
   recv(options?: OsWaitOptions): Promise<OsMessage> {
+    // An aborted signal wins even over a waiting message, as in fetch().
+    if (options?.signal?.aborted) return Promise.reject(options.signal.reason);
     try {
       this.#check();
       if (this.#waiters.size === 0) {
@@ -1125,6 +1127,8 @@ class WindowsServer implements OsServer {
   }
 
   accept(options?: OsWaitOptions): Promise<OsAccepted> {
+    // An aborted signal wins even over a waiting message, as in fetch().
+    if (options?.signal?.aborted) return Promise.reject(options.signal.reason);
     if (this.#closed) {
       return Promise.reject(new IpcError("Closed", "the server is closed"));
     }

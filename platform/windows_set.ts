@@ -121,6 +121,8 @@ export class WindowsReceiverSet implements OsReceiverSet {
   }
 
   select(options?: OsWaitOptions): Promise<OsSelection[]> {
+    // An aborted signal wins even over a waiting message, as in fetch().
+    if (options?.signal?.aborted) return Promise.reject(options.signal.reason);
     try {
       this.#check();
       if (this.#waiters.size === 0) {
