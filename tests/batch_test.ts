@@ -13,7 +13,7 @@ import {
   IpcReceiverSet,
   spawn,
 } from "../mod.ts";
-import { fixture, settled } from "./helpers.ts";
+import { fixture, offWindows, settled } from "./helpers.ts";
 
 Deno.test("a burst of sends arrives complete and in order", async () => {
   const [tx, rx] = channel<number>();
@@ -85,18 +85,26 @@ Deno.test("a receiver added to a set after reading part of a batch loses nothing
   await settled();
 });
 
-Deno.test("bufferedAmount counts a burst until the task yields", async () => {
-  const [tx, rx] = bytesChannel();
-  tx.send(new Uint8Array(10));
-  tx.send(new Uint8Array(20));
-  tx.send(new Uint8Array(30));
-  assertEquals(tx.bufferedAmount, 50);
-  await tx.drained();
-  assertEquals(tx.bufferedAmount, 0);
-  for (const length of [10, 20, 30]) {
-    assertEquals((await rx.recv()).length, length);
-  }
-  tx.close();
-  rx.close();
-  await settled();
-});
+// The Windows backend does not batch: each send is a WriteFile that a pipe
+// with room takes at once, so a burst of three leaves nothing buffered.
+Deno.test(
+  offWindows(
+    "bufferedAmount counts a burst until the task yields",
+    "the Windows backend writes each send at once (no per-task batching)",
+  ),
+  async () => {
+    const [tx, rx] = bytesChannel();
+    tx.send(new Uint8Array(10));
+    tx.send(new Uint8Array(20));
+    tx.send(new Uint8Array(30));
+    assertEquals(tx.bufferedAmount, 50);
+    await tx.drained();
+    assertEquals(tx.bufferedAmount, 0);
+    for (const length of [10, 20, 30]) {
+      assertEquals((await rx.recv()).length, length);
+    }
+    tx.close();
+    rx.close();
+    await settled();
+  },
+);
