@@ -24,6 +24,10 @@ import * as msgpackrUnpack from "npm:msgpackr@^1.12.1/unpack";
 const C1: unknown = (msgpackrUnpack as Record<string, unknown>).C1;
 import { IpcError } from "../platform/types.ts";
 
+/** msgpackr's pack() flag: rewind after packing, so the next message reuses
+ * the same buffer (its value, 1024, is exported but not in its types). */
+const RESET_BUFFER_MODE = 1024;
+
 /** How one endpoint class travels: as which OS handle, and back. */
 export interface HandleType<Endpoint, Outgoing, Incoming> {
   /** The endpoint class; instances of it are encoded as handles. */
@@ -367,7 +371,12 @@ export class Codec<Outgoing, Incoming extends Closeable> {
     const prepared = this.#prepare(value, 0);
     this.#outgoing = [];
     try {
-      return { bytes: this.#packr.pack(prepared), handles: this.#outgoing };
+      // The bytes are sent (or copied into a queue) before the next encode,
+      // so one reused buffer serves every message: no garbage per send.
+      return {
+        bytes: this.#packr.pack(prepared, RESET_BUFFER_MODE),
+        handles: this.#outgoing,
+      };
     } catch (error) {
       if (error instanceof IpcError) throw error;
       throw new IpcError("Serialization", `cannot encode the value: ${error}`, {
