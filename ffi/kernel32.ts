@@ -99,6 +99,23 @@ export function kernel32(): Deno.DynamicLibrary<typeof symbols>["symbols"] {
   return library.symbols;
 }
 
+const ntdllSymbols = {
+  RtlNtStatusToDosError: { parameters: ["u32"], result: "u32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+let ntdllLibrary: Deno.DynamicLibrary<typeof ntdllSymbols> | undefined;
+
+/**
+ * The Win32 error for an NTSTATUS, e.g. the `Internal` field of a finished
+ * OVERLAPPED: a pure mapping, unlike GetLastError, which anything the
+ * runtime does on this thread between two FFI calls may overwrite.
+ */
+export function ntStatusToError(status: number): number {
+  if (status === 0) return 0;
+  ntdllLibrary ??= Deno.dlopen("ntdll.dll", ntdllSymbols);
+  return ntdllLibrary.symbols.RtlNtStatusToDosError(status);
+}
+
 /** The calling thread's last error, read right after a failed call. */
 export function lastError(): number {
   return kernel32().GetLastError();
@@ -153,7 +170,14 @@ export function takeEnv(name: string): string | undefined {
 
 // OVERLAPPED (x64): Internal, InternalHigh, Offset/OffsetHigh, hEvent.
 /** Size and field offsets of `OVERLAPPED`. */
-export const OVERLAPPED = { size: 32, internal: 0, hEvent: 24 } as const;
+export const OVERLAPPED = {
+  size: 32,
+  internal: 0,
+  internalHigh: 8,
+  hEvent: 24,
+} as const;
+/** `OVERLAPPED.Internal` while the call is in flight. */
+export const STATUS_PENDING = 0x103;
 /** Size of `MEMORY_BASIC_INFORMATION` and the offset of `RegionSize`. */
 export const MEMORY_BASIC_INFORMATION = { size: 48, regionSize: 24 } as const;
 

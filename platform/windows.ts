@@ -76,6 +76,7 @@ import {
   INVALID_HANDLE_VALUE,
   kernel32,
   lastError,
+  ntStatusToError,
   OPEN_EXISTING,
   OVERLAPPED,
   pinned,
@@ -86,6 +87,7 @@ import {
   PIPE_UNLIMITED_INSTANCES,
   PROCESS_DUP_HANDLE,
   SECURITY_IDENTIFICATION_ONLY,
+  STATUS_PENDING,
   takeEnv,
   WAIT_FAILED,
   wideString,
@@ -179,6 +181,7 @@ function disconnectedReceiver(): IpcError {
 class Overlapped {
   readonly bytes = pinned(OVERLAPPED.size);
   readonly pointer: Deno.PointerValue = Deno.UnsafePointer.of(this.bytes);
+  readonly view: DataView = new DataView(this.bytes.buffer);
   readonly event: bigint;
 
   constructor() {
@@ -198,20 +201,28 @@ const transferred = new Uint32Array(1);
 const transferredBytes = new Uint8Array(transferred.buffer);
 const ignored = new Uint8Array(4);
 
-/** Waits for a call on `ov` to finish; 0 or the error, bytes in `transferred`. */
+/**
+ * Waits for a call on `ov` to finish (or, without `wait`, returns
+ * ERROR_IO_INCOMPLETE if it has not); 0 or the error, bytes in
+ * `transferred`. The outcome is read from the OVERLAPPED itself (its
+ * NTSTATUS and byte count), never from GetLastError: between two FFI calls
+ * the runtime may run code on this thread that overwrites the last error,
+ * and a lost ERROR_IO_INCOMPLETE read as success (or as a failure) would
+ * treat a write still in flight as done (or drop the sender's queue).
+ */
 function finish(h: bigint, ov: Overlapped, wait: boolean): number {
   transferred[0] = 0;
-  if (
-    kernel32().GetOverlappedResult(
-      h,
-      ov.pointer,
-      transferredBytes,
-      wait ? 1 : 0,
-    )
-  ) {
-    return 0;
+  const view = ov.view;
+  if (view.getUint32(OVERLAPPED.internal, true) === STATUS_PENDING) {
+    if (!wait) return ERROR_IO_INCOMPLETE;
+    kernel32().GetOverlappedResult(h, ov.pointer, transferredBytes, 1);
+    if (view.getUint32(OVERLAPPED.internal, true) === STATUS_PENDING) {
+      // Not finished after a waiting call: only the last error can say why.
+      return lastError() || ERROR_IO_INCOMPLETE;
+    }
   }
-  return lastError();
+  transferred[0] = Number(view.getBigUint64(OVERLAPPED.internalHigh, true));
+  return ntStatusToError(view.getUint32(OVERLAPPED.internal, true));
 }
 
 /** Cancels a pending call on `ov` and waits until the kernel lets go of it. */
