@@ -5,7 +5,7 @@ import {
 } from "node:assert/strict";
 import { IpcSender, IpcServer } from "../mod.ts";
 import { platform } from "../platform/mod.ts";
-import { fixture, ipcError, settled } from "./helpers.ts";
+import { fixture, ipcError, onLinux, settled } from "./helpers.ts";
 
 function client(name: string, mode: string): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
@@ -67,8 +67,10 @@ Deno.test("the iterator yields clients until close(); accept after close is Clos
 
 // Linux only: on Windows a server is a named pipe, not a directory.
 Deno.test({
-  name: "a server's directory is private and removed on close",
-  ignore: Deno.build.os !== "linux",
+  ...onLinux(
+    "a server's directory is private and removed on close",
+    "a Windows server is a named pipe, not a directory",
+  ),
 }, async () => {
   const server = new IpcServer<never>();
   const directory = server.name.replace(/\/socket$/, "");
@@ -90,9 +92,10 @@ function exists(path: string): boolean {
 
 // Linux only: a named pipe has no file to remove or leave behind.
 Deno.test({
-  name:
+  ...onLinux(
     "a server's name is removed at normal exit; a killed server's stale name harms no new server",
-  ignore: Deno.build.os !== "linux",
+    "a named pipe has no file to remove or leave behind",
+  ),
 }, async () => {
   const normal = await new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-ffi", fixture("server_owner.ts")],

@@ -20,7 +20,7 @@ import {
   MFD_CLOEXEC,
 } from "../ffi/libc.ts";
 import { LinuxSharedMemory } from "../platform/linux_shm.ts";
-import { fixture, runFixture, settled } from "./helpers.ts";
+import { fixture, onLinux, runFixture, settled } from "./helpers.ts";
 
 function isClosed(error: unknown): boolean {
   return error instanceof IpcError && error.kind === "Closed";
@@ -137,8 +137,10 @@ Deno.test("a queued send owns a duplicate: closing the region after send is fine
 
 // Linux only: memfd seals (Windows sections carry their size in the frame).
 Deno.test({
-  name: "a received descriptor must be a memfd sealed against shrinking",
-  ignore: Deno.build.os !== "linux",
+  ...onLinux(
+    "a received descriptor must be a memfd sealed against shrinking",
+    "memfd seals (Windows sections carry their size in the frame)",
+  ),
 }, () => {
   const lc = libc();
   const fd = lc.memfd_create(
@@ -203,8 +205,10 @@ Deno.test("another process maps the region: writes are seen both ways", async ()
 
 // Linux only: the child reads /proc/self/maps.
 Deno.test({
-  name: "mappings are released once no view can reach them",
-  ignore: Deno.build.os !== "linux",
+  ...onLinux(
+    "mappings are released once no view can reach them",
+    "the child reads /proc/self/maps",
+  ),
 }, async () => {
   const output = await new Deno.Command(Deno.execPath(), {
     args: [

@@ -10,6 +10,7 @@ import {
   fdTest,
   fixture,
   ipcError,
+  offWindows,
   openFds,
   settled,
 } from "./helpers.ts";
@@ -86,9 +87,10 @@ Deno.test("a module that throws after connecting: Disconnected, then its exit co
 // killing the middle process ends the grandchild too, so no orphan is left
 // to observe the disconnection.
 Deno.test({
-  name:
+  ...offWindows(
     "when the parent dies, the child's recv rejects Disconnected and it exits cleanly",
-  ignore: Deno.build.os === "windows",
+    "killing the middle process on Windows ends the grandchild too",
+  ),
 }, async () => {
   const middle = new Deno.Command(Deno.execPath(), {
     args: [
