@@ -53,6 +53,7 @@ export interface Closeable {
 }
 
 const MAX_DEPTH = 256;
+const NO_HANDLES: never[] = [];
 const EXTENSION_NEGATIVE_ZERO = 0x10;
 const EXTENSION_MAP = 0x11;
 const EXTENSION_FLOAT16 = 0x1f;
@@ -395,7 +396,7 @@ export class Codec<Outgoing, Incoming extends Closeable> {
    * rest. On failure every handle, adopted or not, is released.
    */
   decode(bytes: Uint8Array, handles: readonly Incoming[]): unknown {
-    this.#incoming = [...handles];
+    this.#incoming = handles.length === 0 ? NO_HANDLES : [...handles];
     this.#adopted = [];
     try {
       const value = this.#packr.unpack(bytes);
@@ -441,9 +442,17 @@ function containsNeverUsed(value: unknown, depth: number): boolean {
     }
     return false;
   }
-  const children = value instanceof Set ? value : Object.values(value);
-  for (const child of children) {
-    if (containsNeverUsed(child, depth + 1)) return true;
+  if (value instanceof Set) {
+    for (const child of value) {
+      if (containsNeverUsed(child, depth + 1)) return true;
+    }
+    return false;
+  }
+  // for-in over what msgpackr built: plain objects and arrays (no garbage
+  // array per object, unlike Object.values).
+  const record = value as Record<string, unknown>;
+  for (const key in record) {
+    if (containsNeverUsed(record[key], depth + 1)) return true;
   }
   return false;
 }
