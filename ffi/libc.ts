@@ -60,6 +60,9 @@ const symbols = {
   getenv: { parameters: ["buffer"], result: "pointer" },
   unsetenv: { parameters: ["buffer"], result: "i32" },
   getuid: { parameters: [], result: "u32" },
+  /** Raw syscall(2): fstat through it works on any glibc (the `fstat`
+   * symbol only exists since 2.33, and one missing symbol fails dlopen). */
+  syscall: { parameters: ["i64", "i32", "buffer"], result: "i32" },
   sched_yield: { parameters: [], result: "i32" },
   getpid: { parameters: [], result: "i32" },
   strerror: { parameters: ["i32"], result: "pointer" },
@@ -223,6 +226,11 @@ export const SCM_MAX_FD = 253;
 export const EPOLL_EVENT = Deno.build.arch === "x86_64"
   ? { size: 12, data: 4 } as const
   : { size: 16, data: 8 } as const;
+
+/** fstat's syscall number, and where `struct stat` keeps st_dev and st_ino
+ * (u64 each, at 0 and 8, on x86_64 and on the generic aarch64 layout). */
+export const SYS_FSTAT = Deno.build.arch === "x86_64" ? 5n : 80n;
+export const STAT_SIZE = 256;
 
 /** `struct sockaddr_un`: `sun_family` (u16) then a 108-byte path. */
 export const SOCKADDR_UN_PATH_MAX = 108;

@@ -45,6 +45,8 @@ import {
   PROT_READ,
   PROT_WRITE,
   SEEK_END,
+  STAT_SIZE,
+  SYS_FSTAT,
 } from "../ffi/libc.ts";
 import { osError } from "./linux_errors.ts";
 import { IpcError, type OsSharedMemory } from "./types.ts";
@@ -58,6 +60,7 @@ const MAP_FAILED = 0xffff_ffff_ffff_ffffn;
 interface Mapping {
   address: bigint;
   length: number;
+  inode: string | undefined;
 }
 
 /** Released mappings, for tests and diagnostics. */
@@ -70,6 +73,12 @@ const fdRegistry = new FinalizationRegistry<number>((fd) => {
 
 /** Replaces a mapping nobody can reach any more; see the module doc. */
 function release(mapping: Mapping): void {
+  const cached = mapping.inode === undefined
+    ? undefined
+    : mappingsByInode.get(mapping.inode);
+  if (cached !== undefined && cached.deref() === undefined) {
+    mappingsByInode.delete(mapping.inode!);
+  }
   const result = libc().mmap(
     Deno.UnsafePointer.create(mapping.address),
     BigInt(mapping.length),
@@ -83,9 +92,31 @@ function release(mapping: Mapping): void {
   }
 }
 
+/**
+ * Live mappings by memfd inode: a region that arrives again (ping-pong, a
+ * buffer handed back and forth) reuses the mapping this process already has
+ * instead of mapping 16 MiB anew and leaving the old one to the collector.
+ */
+const mappingsByInode = new Map<string, WeakRef<ArrayBuffer>>();
+
+function inodeOf(fd: number): string | undefined {
+  const stat = new Uint8Array(STAT_SIZE);
+  if (libc().syscall(SYS_FSTAT, fd, stat) !== 0) return undefined;
+  const view = new DataView(stat.buffer);
+  return `${view.getBigUint64(0, true)}:${view.getBigUint64(8, true)}`;
+}
+
 /** Maps `length` bytes of `fd`; the view lives as long as it is reachable. */
 function map(fd: number, length: number): Uint8Array {
   if (length === 0) return new Uint8Array(0);
+  const inode = inodeOf(fd);
+  const known = inode === undefined
+    ? undefined
+    : mappingsByInode.get(inode)?.deref();
+  // Sealed against growing and shrinking: the same inode has the same size.
+  if (known !== undefined && known.byteLength === length) {
+    return new Uint8Array(known);
+  }
   const pointer = libc().mmap(
     null,
     BigInt(length),
@@ -108,7 +139,8 @@ function map(fd: number, length: number): Uint8Array {
       code: "ENOMEM",
     });
   }
-  mappingRegistry.register(buffer, { address, length });
+  mappingRegistry.register(buffer, { address, length, inode });
+  if (inode !== undefined) mappingsByInode.set(inode, new WeakRef(buffer));
   sharedMemoryStats.mapped++;
   return new Uint8Array(buffer);
 }
