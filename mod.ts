@@ -33,6 +33,7 @@ import {
   type OsServer,
   type OsSharedMemory,
   type OsTransferable,
+  ownedBytes,
   type PeerCredentials,
 } from "./platform/types.ts";
 import { Waiters } from "./platform/waiters.ts";
@@ -109,7 +110,7 @@ function decode<T>(message: OsMessage): T {
 
 function bytesOf(message: OsMessage): Uint8Array {
   for (const handle of message.handles) handle.close();
-  return message.data;
+  return ownedBytes(message.data);
 }
 
 function empty(): IpcError {
@@ -1579,7 +1580,7 @@ export class OpaqueIpcMessage {
    * ```
    */
   get bytes(): Uint8Array {
-    return this.#data;
+    return ownedBytes(this.#data);
   }
 
   /**
@@ -1601,7 +1602,7 @@ export class OpaqueIpcMessage {
    * ```
    */
   to<T>(): T {
-    if (this.#raw) return this.#data as T;
+    if (this.#raw) return ownedBytes(this.#data) as T;
     const handles = this.#handles;
     if (handles !== undefined) {
       this.#handles = undefined;

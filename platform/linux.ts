@@ -307,12 +307,19 @@ function parsePacket(length: number, flags: number, fds: number[]): Received {
   }
   if (kind === KIND_BATCH) {
     if (count !== 0) throw malformed("a batch frame with descriptors");
+    // One copy of the whole batch; its messages are views into it (a
+    // typed receiver decodes them into copies, a bytes receiver copies its
+    // view out, see OsMessage.data).
+    const body = receiveBuffer.slice(HEADER, length);
+    const view = new DataView(body.buffer);
     const batch: Uint8Array[] = [];
-    for (let at = HEADER; at < length;) {
-      if (at + 4 > length) throw malformed("a truncated batch frame");
-      const size = receiveView.getUint32(at, true);
-      if (at + 4 + size > length) throw malformed("a truncated batch frame");
-      batch.push(receiveBuffer.slice(at + 4, at + 4 + size));
+    for (let at = 0; at < body.length;) {
+      if (at + 4 > body.length) throw malformed("a truncated batch frame");
+      const size = view.getUint32(at, true);
+      if (at + 4 + size > body.length) {
+        throw malformed("a truncated batch frame");
+      }
+      batch.push(body.subarray(at + 4, at + 4 + size));
       at += 4 + size;
     }
     if (batch.length === 0) throw malformed("an empty batch frame");

@@ -68,7 +68,11 @@ export class IpcError extends Error {
 
 /** A received message: its bytes and the OS handles that came with it. */
 export interface OsMessage {
-  /** The payload, owned by the caller. */
+  /**
+   * The payload, owned by the caller. It may be a view into a larger buffer
+   * that only other messages of the same packet share: decode it, or copy it
+   * out with {@linkcode ownedBytes} before handing it to user code.
+   */
   readonly data: Uint8Array;
   /** Handles in the order the sender listed them; the caller adopts or closes each. */
   readonly handles: OsIncomingHandle[];
@@ -220,4 +224,11 @@ export interface OsPlatform {
   sharedMemory(length: number): OsSharedMemory;
   /** An empty receiver set. */
   receiverSet(): OsReceiverSet;
+}
+
+/** `bytes` as a buffer of its own (offset 0, exact length): a copy if needed. */
+export function ownedBytes(bytes: Uint8Array): Uint8Array {
+  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength
+    ? bytes
+    : bytes.slice();
 }

@@ -24,6 +24,7 @@ import {
 } from "../mod.ts";
 import {
   checksum,
+  collectedRss,
   type Down,
   openFds,
   type Result,
@@ -50,7 +51,8 @@ const inboxes: IpcSender<Token>[] = [];
 for (let i = 0; i < workerCount; i++) {
   const worker = await spawn<Down, Up>(
     new URL("./soak_worker.ts", import.meta.url),
-    { stdin: "null" },
+    // gc() lets each worker report its RSS after a full collection.
+    { stdin: "null", denoArgs: ["--allow-ffi", "--v8-flags=--expose-gc"] },
   );
   const hello = await worker.receiver.recv();
   if (hello.kind !== "inbox") throw new Error("worker: no inbox");
@@ -130,7 +132,8 @@ async function stats(): Promise<Extract<Up, { kind: "stats" }>[]> {
 }
 
 // Warm-up, then the baseline with nothing in flight.
-const warmup = Math.min(3, Math.max(1, seconds / 10));
+// Heaps and mapping caches grow for the first seconds: measure after that.
+const warmup = Math.min(6, Math.max(4, seconds / 10));
 await phase(warmup * 1000);
 const fdsStart = openFds();
 const rssStart = Deno.memoryUsage().rss;
@@ -143,11 +146,18 @@ let peakRss = rssStart;
 const sampler = setInterval(() => {
   peakRss = Math.max(peakRss, Deno.memoryUsage().rss);
 }, 100);
-let firstHalf: { parent: number; workers: number[] } | undefined;
+let firstHalf:
+  | { parent: number; workers: number[]; collected: number[] }
+  | undefined;
 const midpoint = setTimeout(async () => {
   const parent = peakRss;
   peakRss = 0;
-  firstHalf = { parent, workers: (await stats()).map((s) => s.peak) };
+  const midStats = await stats();
+  firstHalf = {
+    parent,
+    workers: midStats.map((s) => s.peak),
+    collected: [await collectedRss(), ...midStats.map((s) => s.collected)],
+  };
 }, seconds * 500);
 let error: unknown;
 try {
@@ -183,11 +193,22 @@ const secondHalf = {
   parent: Math.max(peakRss, rssEnd),
   workers: workersEnd.map((s) => s.peak),
 };
+// Peaks ride the GC sawtooth; what a leak cannot hide is the RSS right
+// after a full collection, compared between the midpoint and the end.
+const collectedEnd = [
+  await collectedRss(),
+  ...workersEnd.map((s) => s.collected),
+];
 const rssGrowth = firstHalf === undefined ? Infinity : Math.max(
-  secondHalf.parent - firstHalf.parent,
-  ...secondHalf.workers.map((p, i) => p - firstHalf!.workers[i]),
+  ...collectedEnd.map((rss, i) => rss - firstHalf!.collected[i]),
 );
 const RSS_SLACK = 16 * MiB;
+const collectedFigures = firstHalf === undefined ? "" : collectedEnd.map((
+  rss,
+  i,
+) =>
+  `${(firstHalf!.collected[i] / MiB).toFixed(1)} -> ${(rss / MiB).toFixed(1)}`
+).join(", ");
 console.log(`soak: ${workerCount} workers, ${elapsed.toFixed(1)} s`);
 console.log(
   `  messages: ${
@@ -203,6 +224,9 @@ console.log(
   `  fds: parent ${fdsStart} -> ${fdsEnd}; workers ${
     workersStart.map((s, i) => `${s.fds} -> ${workersEnd[i].fds}`).join(", ")
   }`,
+);
+console.log(
+  `  rss after GC, midpoint -> end (parent first, MiB): ${collectedFigures}`,
 );
 console.log(
   `  rss peaks, first half -> second half: parent ${
@@ -222,9 +246,11 @@ const ok = !error && lost === 0 && failed === 0 && workerErrors === 0 &&
   fdsFlat && rssGrowth < RSS_SLACK && statuses.every((s) => s.code === 0);
 console.log(
   ok
-    ? `  OK: nothing lost, fds flat, RSS peak growth ${mb(rssGrowth)} (under ${
-      mb(RSS_SLACK)
-    })`
-    : `  FAILED (fds flat: ${fdsFlat}, largest RSS growth ${mb(rssGrowth)})`,
+    ? `  OK: nothing lost, fds flat, RSS growth after GC ${
+      mb(rssGrowth)
+    } (under ${mb(RSS_SLACK)})`
+    : `  FAILED (fds flat: ${fdsFlat}, largest RSS growth after GC ${
+      mb(rssGrowth)
+    })`,
 );
 Deno.exit(ok ? 0 : 1);

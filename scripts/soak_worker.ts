@@ -48,6 +48,8 @@ export type Up =
     rss: number;
     /** The highest RSS sampled since the previous stats. */
     peak: number;
+    /** RSS right after a full collection (a leak survives it; garbage not). */
+    collected: number;
     handled: number;
     errors: number;
   };
@@ -126,11 +128,13 @@ if (import.meta.main) {
     if (message.kind === "next") {
       next = message.next;
     } else if (message.kind === "stats") {
+      const collected = await collectedRss();
       sender.send({
         kind: "stats",
         fds: openFds(),
         rss: Deno.memoryUsage().rss,
         peak: Math.max(peak, Deno.memoryUsage().rss),
+        collected,
         handled,
         errors,
       });
@@ -146,4 +150,17 @@ if (import.meta.main) {
   await sender.drained();
   sender.close();
   receiver.close();
+}
+
+/**
+ * RSS after a full garbage collection (run with --v8-flags=--expose-gc),
+ * once the finalizers it scheduled (which release shared-memory mappings)
+ * have run.
+ */
+export async function collectedRss(): Promise<number> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  gc?.();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  gc?.();
+  return Deno.memoryUsage().rss;
 }
