@@ -23,6 +23,8 @@ import {
   libc,
 } from "../ffi/libc.ts";
 import { osError } from "./linux_errors.ts";
+import type { OsWaitOptions } from "./types.ts";
+import { Waiters } from "./waiters.ts";
 
 /** Called on the event loop when the watched fd is ready. */
 export type ReadyCallback = (events: number) => void;
@@ -237,3 +239,92 @@ class Poller {
 
 /** The process's poller. */
 export const poller: Poller = new Poller();
+
+/**
+ * Waits served in arrival order whenever one fd is readable: the shape of a
+ * receiver's `recv()` and a server's `accept()`. `attempt` returns a value,
+ * or undefined when nothing is ready yet; an error it throws rejects the
+ * oldest wait, or every wait when `fatal()` says the fd is finished.
+ */
+export class ReadyWaiters<T> {
+  readonly #waiters: Waiters<T>;
+  readonly #attempt: () => T | undefined;
+  readonly #fatal: () => boolean;
+  #watch = 0;
+
+  /**
+   * @param what what a timeout says was not found, e.g. "no message"
+   * @param attempt takes a ready value without blocking
+   * @param fatal after `attempt` threw: whether every wait must fail
+   */
+  constructor(
+    what: string,
+    attempt: () => T | undefined,
+    fatal: () => boolean = () => false,
+  ) {
+    this.#waiters = new Waiters<T>(what);
+    this.#attempt = attempt;
+    this.#fatal = fatal;
+  }
+
+  /** How many waits are pending. */
+  get size(): number {
+    return this.#waiters.size;
+  }
+
+  /** A value as soon as `fd` yields one; waits queue behind earlier ones. */
+  wait(fd: number, options?: OsWaitOptions): Promise<T> {
+    // An aborted signal wins even over a ready value, as in fetch().
+    if (options?.signal?.aborted) return Promise.reject(options.signal.reason);
+    try {
+      if (this.#waiters.size === 0) {
+        const value = this.#attempt();
+        if (value !== undefined) return Promise.resolve(value);
+      }
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const promise = this.#waiters.add(undefined, options, () => {
+      if (this.#waiters.size === 0) poller.release(this.#watch);
+    });
+    if (this.#watch === 0 || !poller.revive(this.#watch)) {
+      this.#watch = poller.watch(fd, EPOLLIN, () => this.#onReadable());
+    }
+    return promise;
+  }
+
+  #onReadable(): void {
+    while (this.#waiters.size > 0) {
+      let value: T | undefined;
+      try {
+        value = this.#attempt();
+      } catch (error) {
+        if (this.#fatal()) this.#waiters.rejectAll(error);
+        else this.#waiters.rejectFirst(error);
+        continue;
+      }
+      if (value === undefined) break;
+      this.#waiters.resolveFirst(value);
+    }
+    if (this.#waiters.size === 0) poller.release(this.#watch);
+  }
+
+  /** Ends the watch at once: before `fd` is closed or replaced. */
+  stop(fd: number): void {
+    if (this.#watch === 0) return;
+    poller.unwatch(fd, this.#watch);
+    this.#watch = 0;
+  }
+
+  /** After `stop`, watches `fd` instead if waits are pending. */
+  follow(fd: number): void {
+    if (this.#waiters.size > 0 && this.#watch === 0) {
+      this.#watch = poller.watch(fd, EPOLLIN, () => this.#onReadable());
+    }
+  }
+
+  /** Rejects every pending wait. */
+  rejectAll(error: unknown): void {
+    this.#waiters.rejectAll(error);
+  }
+}

@@ -36,7 +36,6 @@ import {
   ENOMEM,
   ENOTCONN,
   ENOTSOCK,
-  EPOLLIN,
   EPOLLOUT,
   errno,
   F_ADD_SEALS,
@@ -75,7 +74,7 @@ import {
   takeEnv,
   UCRED_SIZE,
 } from "../ffi/libc.ts";
-import { poller, SPIN_MS } from "./epoll.ts";
+import { poller, ReadyWaiters, SPIN_MS } from "./epoll.ts";
 import { isDisconnect, osError } from "./linux_errors.ts";
 import { LinuxReceiverSet } from "./linux_set.ts";
 import { LinuxSharedMemory } from "./linux_shm.ts";
@@ -950,8 +949,11 @@ class LinuxReceiver implements OsReceiver {
   #fd: number;
   #closedReason: string | undefined;
   #ended = false;
-  #watch = 0;
-  #waiters = new Waiters<OsMessage>("no message");
+  readonly #ready = new ReadyWaiters<OsMessage>(
+    "no message",
+    () => this.#receive(false),
+    () => this.#ended,
+  );
   /** Messages of a batch already read from the socket, and the next one. */
   #backlog: Uint8Array[] = [];
   #backlogAt = 0;
@@ -1023,16 +1025,13 @@ class LinuxReceiver implements OsReceiver {
   }
 
   #switchTo(next: number): void {
-    const waiting = this.#watch !== 0 && this.#waiters.size > 0;
-    this.#stopWatching();
+    this.#ready.stop(this.#fd);
     this.onDescriptorChange?.(this.#fd, next);
     fdRegistry.unregister(this);
     closeFd(this.#fd);
     this.#fd = next;
     fdRegistry.register(this, next, this);
-    if (waiting) {
-      this.#watch = poller.watch(next, EPOLLIN, () => this.#onReadable());
-    }
+    this.#ready.follow(next);
   }
 
   /**
@@ -1091,7 +1090,7 @@ class LinuxReceiver implements OsReceiver {
 
   recvSync(): OsMessage {
     this.#check();
-    if (this.#waiters.size > 0) {
+    if (this.#ready.size > 0) {
       throw new IpcError(
         "Io",
         "recvSync() called while a recv() on the same receiver is pending",
@@ -1124,46 +1123,13 @@ class LinuxReceiver implements OsReceiver {
   }
 
   recv(options?: OsWaitOptions): Promise<OsMessage> {
-    // An aborted signal wins even over a waiting message, as in fetch().
     if (options?.signal?.aborted) return Promise.reject(options.signal.reason);
     try {
       this.#check();
-      if (this.#waiters.size === 0) {
-        const message = this.#receive(false);
-        if (message !== undefined) return Promise.resolve(message);
-      }
     } catch (error) {
       return Promise.reject(error);
     }
-    const promise = this.#waiters.add(undefined, options, () => {
-      if (this.#waiters.size === 0) poller.release(this.#watch);
-    });
-    if (this.#watch === 0 || !poller.revive(this.#watch)) {
-      this.#watch = poller.watch(this.#fd, EPOLLIN, () => this.#onReadable());
-    }
-    return promise;
-  }
-
-  #onReadable(): void {
-    while (this.#waiters.size > 0) {
-      let message: OsMessage | undefined;
-      try {
-        message = this.#receive(false);
-      } catch (error) {
-        if (this.#ended) this.#waiters.rejectAll(error);
-        else this.#waiters.rejectFirst(error);
-        continue;
-      }
-      if (message === undefined) break;
-      this.#waiters.resolveFirst(message);
-    }
-    if (this.#waiters.size === 0) poller.release(this.#watch);
-  }
-
-  #stopWatching(): void {
-    if (this.#watch === 0) return;
-    poller.unwatch(this.#fd, this.#watch);
-    this.#watch = 0;
+    return this.#ready.wait(this.#fd, options);
   }
 
   /** Hands the descriptor to a message; this handle becomes unusable. */
@@ -1183,10 +1149,10 @@ class LinuxReceiver implements OsReceiver {
 
   #retire(reason: string): void {
     this.#closedReason = reason;
-    this.#stopWatching();
+    this.#ready.stop(this.#fd);
     fdRegistry.unregister(this);
     this.#fd = -1;
-    this.#waiters.rejectAll(
+    this.#ready.rejectAll(
       new IpcError("Closed", `this receiver was ${reason}`),
     );
   }
@@ -1300,8 +1266,10 @@ class LinuxServer implements OsServer {
   readonly name: string;
   readonly #directory: string;
   #fd: number;
-  #watch = 0;
-  #waiters = new Waiters<OsAccepted>("no client connected");
+  readonly #ready = new ReadyWaiters<OsAccepted>(
+    "no client connected",
+    () => this.#acceptNow(),
+  );
 
   constructor() {
     const lc = libc();
@@ -1359,59 +1327,23 @@ class LinuxServer implements OsServer {
   }
 
   accept(options?: OsWaitOptions): Promise<OsAccepted> {
-    // An aborted signal wins even over a waiting message, as in fetch().
     if (options?.signal?.aborted) return Promise.reject(options.signal.reason);
     if (this.#fd < 0) {
       return Promise.reject(new IpcError("Closed", "the server is closed"));
     }
-    try {
-      if (this.#waiters.size === 0) {
-        const accepted = this.#acceptNow();
-        if (accepted !== undefined) return Promise.resolve(accepted);
-      }
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    const promise = this.#waiters.add(undefined, options, () => {
-      if (this.#waiters.size === 0) poller.release(this.#watch);
-    });
-    if (this.#watch === 0 || !poller.revive(this.#watch)) {
-      this.#watch = poller.watch(this.#fd, EPOLLIN, () => this.#onReadable());
-    }
-    return promise;
-  }
-
-  #onReadable(): void {
-    while (this.#waiters.size > 0) {
-      let accepted: OsAccepted | undefined;
-      try {
-        accepted = this.#acceptNow();
-      } catch (error) {
-        this.#waiters.rejectFirst(error);
-        continue;
-      }
-      if (accepted === undefined) break;
-      this.#waiters.resolveFirst(accepted);
-    }
-    if (this.#waiters.size === 0) this.#stopWatching();
-  }
-
-  #stopWatching(): void {
-    if (this.#watch === 0) return;
-    poller.unwatch(this.#fd, this.#watch);
-    this.#watch = 0;
+    return this.#ready.wait(this.#fd, options);
   }
 
   close(): void {
     if (this.#fd < 0) return;
-    this.#stopWatching();
+    this.#ready.stop(this.#fd);
     closeFd(this.#fd);
     this.#fd = -1;
     openServers.delete(this);
     const lc = libc();
     lc.unlink(cString(this.name));
     lc.rmdir(cString(this.#directory));
-    this.#waiters.rejectAll(new IpcError("Closed", "the server was closed"));
+    this.#ready.rejectAll(new IpcError("Closed", "the server was closed"));
   }
 }
 
