@@ -8,9 +8,7 @@
 import { equal, ok, rejects } from "node:assert/strict";
 import { IpcError, IpcOneShotServer, type IpcReceiver } from "../mod.ts";
 import {
-  addressOf,
   AF_UNIX,
-  cmsgSpace,
   cString,
   errno,
   F_ADD_SEALS,
@@ -22,12 +20,8 @@ import {
   MFD_ALLOW_SEALING,
   MFD_CLOEXEC,
   MSG_NOSIGNAL,
-  MSGHDR,
-  SCM_RIGHTS,
   SOCK_CLOEXEC,
   SOCK_SEQPACKET,
-  SOCKADDR_UN_PATH_MAX,
-  SOL_SOCKET,
 } from "../ffi/libc.ts";
 import {
   fdBaseline,
@@ -39,55 +33,15 @@ import {
   settled,
   within,
 } from "./helpers.ts";
+import { rawConnect, rawSend as rawSendCounted } from "./raw_socket.ts";
 
 const RAW_FRAMES =
   "writes raw Linux frames through libc (SOCK_SEQPACKET, SCM_RIGHTS, memfd)";
 linuxOnly(import.meta, RAW_FRAMES);
 
-/** A raw SOCK_SEQPACKET socket connected to `name`. */
-function rawConnect(name: string): number {
-  const lc = libc();
-  const fd = lc.socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  ok(fd >= 0, `socket: errno ${errno()}`);
-  const address = new Uint8Array(2 + SOCKADDR_UN_PATH_MAX);
-  new DataView(address.buffer).setUint16(0, AF_UNIX, true);
-  address.set(new TextEncoder().encode(name), 2);
-  equal(
-    lc.connect(fd, address, address.length),
-    0,
-    `connect: errno ${errno()}`,
-  );
-  return fd;
-}
-
-/** One packet with `fds` in SCM_RIGHTS. */
+/** One packet with `fds` in SCM_RIGHTS; the kernel must take all of it. */
 function rawSend(fd: number, bytes: Uint8Array, fds: number[] = []): void {
-  const data = new Uint8Array(Math.max(bytes.length, 1));
-  data.set(bytes);
-  const iov = new Uint8Array(16);
-  const iovView = new DataView(iov.buffer);
-  iovView.setBigUint64(0, addressOf(data), true);
-  iovView.setBigUint64(8, BigInt(bytes.length), true);
-  const header = new Uint8Array(MSGHDR.size);
-  const view = new DataView(header.buffer);
-  view.setBigUint64(MSGHDR.iov, addressOf(iov), true);
-  view.setBigUint64(MSGHDR.iovlen, 1n, true);
-  const control = new Uint8Array(cmsgSpace(4 * Math.max(fds.length, 1)));
-  if (fds.length > 0) {
-    const c = new DataView(control.buffer);
-    c.setBigUint64(0, BigInt(16 + 4 * fds.length), true);
-    c.setInt32(8, SOL_SOCKET, true);
-    c.setInt32(12, SCM_RIGHTS, true);
-    fds.forEach((each, i) => c.setInt32(16 + 4 * i, each, true));
-    view.setBigUint64(MSGHDR.control, addressOf(control), true);
-    view.setBigUint64(
-      MSGHDR.controllen,
-      BigInt(cmsgSpace(4 * fds.length)),
-      true,
-    );
-  }
-  const sent = libc().sendmsg(fd, header, MSG_NOSIGNAL);
-  equal(sent, bytes.length, `sendmsg: errno ${errno()}`);
+  equal(rawSendCounted(fd, bytes, fds), bytes.length, "sendmsg");
 }
 
 /** An 8-byte frame header. */
