@@ -25,6 +25,7 @@
  * @module
  */
 
+import { MappedRegion } from "./shared_memory.ts";
 import {
   cString,
   EINTR,
@@ -49,7 +50,7 @@ import {
   SYS_FSTAT,
 } from "../ffi/libc.ts";
 import { osError } from "./linux_errors.ts";
-import { IpcError, type OsSharedMemory } from "./types.ts";
+import { IpcError } from "./types.ts";
 
 /** The name every region's memfd carries (visible in /proc/PID/maps). */
 export const SHARED_MEMORY_NAME = "ipc-channel-shared-memory";
@@ -150,21 +151,12 @@ function closeFd(fd: number): void {
 }
 
 /** A memfd region mapped into this process. */
-export class LinuxSharedMemory implements OsSharedMemory {
+export class LinuxSharedMemory extends MappedRegion {
   #fd: number;
-  #bytes: Uint8Array | undefined;
-  readonly #length: number;
-  #closedReason: string | undefined;
 
   private constructor(fd: number, length: number) {
+    super(length, () => map(fd, length), () => closeFd(fd));
     this.#fd = fd;
-    this.#length = length;
-    try {
-      this.#bytes = map(fd, length);
-    } catch (error) {
-      closeFd(fd);
-      throw error;
-    }
     fdRegistry.register(this, fd, this);
   }
 
@@ -222,50 +214,15 @@ export class LinuxSharedMemory implements OsSharedMemory {
     return new LinuxSharedMemory(fd, Number(size));
   }
 
-  get closedReason(): string | undefined {
-    return this.#closedReason;
-  }
-
-  get length(): number {
-    return this.#length;
-  }
-
-  get bytes(): Uint8Array {
-    this.#check();
-    return this.#bytes!;
-  }
-
-  #check(): void {
-    if (this.#closedReason !== undefined) {
-      throw new IpcError(
-        "Closed",
-        `this shared memory was ${this.#closedReason}`,
-      );
-    }
-  }
-
   /** The descriptor to pass; the kernel gives the peer its own. */
   descriptorForSend(): number {
-    this.#check();
+    this.checkOpen();
     return this.#fd;
   }
 
-  take(): Uint8Array {
-    const copy = this.bytes.slice();
-    this.#retire("taken");
-    return copy;
-  }
-
-  close(): void {
-    if (this.#closedReason === undefined) this.#retire("closed");
-  }
-
-  #retire(reason: string): void {
-    this.#closedReason = reason;
+  protected releaseHandle(): void {
     fdRegistry.unregister(this);
     closeFd(this.#fd);
     this.#fd = -1;
-    // No munmap: views may still be reachable; the registry releases it.
-    this.#bytes = undefined;
   }
 }

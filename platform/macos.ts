@@ -38,6 +38,7 @@
  * @module
  */
 
+import { MappedRegion } from "./shared_memory.ts";
 import {
   BOOTSTRAP_NAME_IN_USE,
   BOOTSTRAP_UNKNOWN_SERVICE,
@@ -1133,21 +1134,12 @@ function mapEntry(entry: number, length: number): Uint8Array {
   return new Uint8Array(buffer);
 }
 
-class MacSharedMemory implements OsSharedMemory {
+class MacSharedMemory extends MappedRegion {
   #entry: number;
-  #bytes: Uint8Array | undefined;
-  readonly #length: number;
-  #closedReason: string | undefined;
 
   private constructor(entry: number, length: number) {
+    super(length, () => mapEntry(entry, length), () => rights.release(entry));
     this.#entry = entry;
-    this.#length = length;
-    try {
-      this.#bytes = mapEntry(entry, length);
-    } catch (error) {
-      rights.release(entry);
-      throw error;
-    }
     entryRegistry.register(this, entry, this);
   }
 
@@ -1187,49 +1179,15 @@ class MacSharedMemory implements OsSharedMemory {
     }
   }
 
-  get closedReason(): string | undefined {
-    return this.#closedReason;
-  }
-
-  get length(): number {
-    return this.#length;
-  }
-
-  get bytes(): Uint8Array {
-    this.#check();
-    return this.#bytes!;
-  }
-
-  #check(): void {
-    if (this.#closedReason !== undefined) {
-      throw new IpcError(
-        "Closed",
-        `this shared memory was ${this.#closedReason}`,
-      );
-    }
-  }
-
   nameForSend(): number {
-    this.#check();
+    this.checkOpen();
     return this.#entry;
   }
 
-  take(): Uint8Array {
-    const copy = this.bytes.slice();
-    this.#retire("taken");
-    return copy;
-  }
-
-  close(): void {
-    if (this.#closedReason === undefined) this.#retire("closed");
-  }
-
-  #retire(reason: string): void {
-    this.#closedReason = reason;
+  protected releaseHandle(): void {
     entryRegistry.unregister(this);
     rights.release(this.#entry);
     this.#entry = 0;
-    this.#bytes = undefined;
   }
 }
 

@@ -19,6 +19,7 @@
  * @module
  */
 
+import { MappedRegion } from "./shared_memory.ts";
 import {
   FILE_MAP_ALL_ACCESS,
   handle,
@@ -31,7 +32,7 @@ import {
   SEC_COMMIT,
 } from "../ffi/kernel32.ts";
 import { winError } from "./windows_errors.ts";
-import { IpcError, type OsSharedMemory } from "./types.ts";
+import { IpcError } from "./types.ts";
 
 /** Largest region accepted (sections are limited by the pagefile anyway). */
 const MAX_LENGTH = 2 ** 40;
@@ -89,21 +90,16 @@ function map(section: bigint, length: number): Uint8Array {
 }
 
 /** A section mapped into this process. */
-export class WindowsSharedMemory implements OsSharedMemory {
+export class WindowsSharedMemory extends MappedRegion {
   #section: bigint;
-  #bytes: Uint8Array | undefined;
-  readonly #length: number;
-  #closedReason: string | undefined;
 
   private constructor(section: bigint, length: number) {
+    super(
+      length,
+      () => map(section, length),
+      () => kernel32().CloseHandle(section),
+    );
     this.#section = section;
-    this.#length = length;
-    try {
-      this.#bytes = map(section, length);
-    } catch (error) {
-      kernel32().CloseHandle(section);
-      throw error;
-    }
     handleRegistry.register(this, section, this);
   }
 
@@ -142,49 +138,15 @@ export class WindowsSharedMemory implements OsSharedMemory {
     return new WindowsSharedMemory(section, length);
   }
 
-  get closedReason(): string | undefined {
-    return this.#closedReason;
-  }
-
-  get length(): number {
-    return this.#length;
-  }
-
-  get bytes(): Uint8Array {
-    this.#check();
-    return this.#bytes!;
-  }
-
-  #check(): void {
-    if (this.#closedReason !== undefined) {
-      throw new IpcError(
-        "Closed",
-        `this shared memory was ${this.#closedReason}`,
-      );
-    }
-  }
-
   /** The section handle to duplicate into a message. */
   handleForSend(): bigint {
-    this.#check();
+    this.checkOpen();
     return this.#section;
   }
 
-  take(): Uint8Array {
-    const copy = this.bytes.slice();
-    this.#retire("taken");
-    return copy;
-  }
-
-  close(): void {
-    if (this.#closedReason === undefined) this.#retire("closed");
-  }
-
-  #retire(reason: string): void {
-    this.#closedReason = reason;
+  protected releaseHandle(): void {
     handleRegistry.unregister(this);
     kernel32().CloseHandle(this.#section);
     this.#section = 0n;
-    this.#bytes = undefined;
   }
 }
