@@ -19,7 +19,7 @@ import {
   errno,
   libc,
 } from "../ffi/libc.ts";
-import { poller } from "./epoll.ts";
+import { ReadyWaiters } from "./epoll.ts";
 import { osError } from "./linux_errors.ts";
 import {
   IpcError,
@@ -29,7 +29,6 @@ import {
   type OsSelection,
   type OsWaitOptions,
 } from "./types.ts";
-import { Waiters } from "./waiters.ts";
 
 /** A receiver owned by a set. */
 export interface SetMember {
@@ -58,8 +57,10 @@ export class LinuxReceiverSet implements OsReceiverSet {
   #epfd = -1;
   #nextId = 0;
   #events = new Uint8Array(EPOLL_EVENT.size * MIN_EVENTS);
-  #watch = 0;
-  #waiters = new Waiters<OsSelection[]>("no message");
+  readonly #ready = new ReadyWaiters<OsSelection[]>("no message", () => {
+    const results = this.trySelect();
+    return results.length > 0 ? results : undefined;
+  });
   #closed = false;
   /** An error met after results were gathered; thrown by the next call. */
   #deferred: unknown;
@@ -191,11 +192,11 @@ export class LinuxReceiverSet implements OsReceiverSet {
     if (options?.signal?.aborted) return Promise.reject(options.signal.reason);
     try {
       this.#check();
-      if (this.#waiters.size === 0) {
-        const results = this.trySelect();
-        if (results.length > 0) return Promise.resolve(results);
-      }
       if (this.#members.size === 0) {
+        if (this.#ready.size === 0) {
+          const results = this.trySelect();
+          if (results.length > 0) return Promise.resolve(results);
+        }
         throw new IpcError(
           "Empty",
           "the receiver set is empty: nothing could ever arrive",
@@ -204,46 +205,19 @@ export class LinuxReceiverSet implements OsReceiverSet {
     } catch (error) {
       return Promise.reject(error);
     }
-    const promise = this.#waiters.add(undefined, options, () => {
-      if (this.#waiters.size === 0) this.#stopWatching();
-    });
-    if (this.#watch === 0) {
-      this.#watch = poller.watch(this.#epfd, EPOLLIN, () => this.#onReady());
-    }
-    return promise;
-  }
-
-  #onReady(): void {
-    while (this.#waiters.size > 0) {
-      let results: OsSelection[];
-      try {
-        results = this.trySelect();
-      } catch (error) {
-        this.#waiters.rejectFirst(error);
-        continue;
-      }
-      if (results.length === 0) break;
-      this.#waiters.resolveFirst(results);
-    }
-    if (this.#waiters.size === 0) this.#stopWatching();
-  }
-
-  #stopWatching(): void {
-    if (this.#watch === 0) return;
-    poller.unwatch(this.#epfd, this.#watch);
-    this.#watch = 0;
+    return this.#ready.wait(this.#epfd, options);
   }
 
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#stopWatching();
+    this.#ready.stop(this.#epfd);
     for (const member of this.#members.values()) member.close();
     this.#members.clear();
     epollRegistry.unregister(this);
     libc().close(this.#epfd);
     this.#epfd = -1;
-    this.#waiters.rejectAll(
+    this.#ready.rejectAll(
       new IpcError("Closed", "this receiver set was closed"),
     );
   }
