@@ -399,6 +399,7 @@ export class Codec<Outgoing, Incoming extends Closeable> {
     this.#incoming = handles.length === 0 ? NO_HANDLES : [...handles];
     this.#adopted = [];
     try {
+      checkClaims(bytes);
       const value = this.#packr.unpack(bytes);
       // msgpackr turns the never-used byte 0xC1 into a marker object instead
       // of failing. Walking the value (typed arrays are leaves) is cheaper
@@ -426,6 +427,123 @@ export class Codec<Outgoing, Incoming extends Closeable> {
       this.#adopted = [];
     }
   }
+}
+
+/**
+ * Refuses MessagePack whose headers claim more than its bytes can hold,
+ * before msgpackr sees it. msgpackr preallocates `new Array(count)` for an
+ * array header (and, in a short input, an array of a string's code units)
+ * before it reads one element: five bytes claiming 30 million elements cost
+ * 150 MiB and 170 ms (measured). Every item takes at least one byte, so in a
+ * well-formed message the items still owed never outnumber the bytes left.
+ *
+ * `owed` may undercount (an extension whose value follows its marker owes
+ * one item this walk does not see), never overcount: it rejects only what
+ * cannot be well-formed.
+ */
+function checkClaims(bytes: Uint8Array): void {
+  const end = bytes.length;
+  let at = 0;
+  let owed = 1;
+  while (at < end) {
+    const byte = bytes[at++];
+    let count = 0;
+    if (byte < 0x80 || byte >= 0xe0) {
+      // fixint
+    } else if (byte < 0x90) count = 2 * (byte & 0x0f);
+    else if (byte < 0xa0) count = byte & 0x0f;
+    else if (byte < 0xc0) at += byte & 0x1f;
+    else {
+      switch (byte) {
+        case 0xc4: // bin 8
+        case 0xd9: // str 8
+          at += 1 + bytes[at];
+          break;
+        case 0xc5: // bin 16
+        case 0xda: // str 16
+          at += 2 + uint16(bytes, at);
+          break;
+        case 0xc6: // bin 32
+        case 0xdb: // str 32
+          at += 4 + uint32(bytes, at);
+          break;
+        case 0xc7: // ext 8: length, type, data
+          at += 2 + bytes[at];
+          break;
+        case 0xc8:
+          at += 3 + uint16(bytes, at);
+          break;
+        case 0xc9:
+          at += 5 + uint32(bytes, at);
+          break;
+        case 0xcc: // uint 8, int 8
+        case 0xd0:
+          at += 1;
+          break;
+        case 0xcd:
+        case 0xd1:
+        case 0xd4: // fixext 1: type, data
+          at += 2;
+          break;
+        case 0xd5:
+          at += 3;
+          break;
+        case 0xca: // float 32, uint 32, int 32
+        case 0xce:
+        case 0xd2:
+          at += 4;
+          break;
+        case 0xd6:
+          at += 5;
+          break;
+        case 0xcb: // float 64, uint 64, int 64
+        case 0xcf:
+        case 0xd3:
+          at += 8;
+          break;
+        case 0xd7:
+          at += 9;
+          break;
+        case 0xd8:
+          at += 17;
+          break;
+        case 0xdc: // array 16, array 32, map 16, map 32
+          count = uint16(bytes, at);
+          at += 2;
+          break;
+        case 0xdd:
+          count = uint32(bytes, at);
+          at += 4;
+          break;
+        case 0xde:
+          count = 2 * uint16(bytes, at);
+          at += 2;
+          break;
+        case 0xdf:
+          count = 2 * uint32(bytes, at);
+          at += 4;
+          break;
+        default: // nil, 0xC1, false, true: the byte alone
+      }
+    }
+    owed = Math.max(owed - 1, 0) + count;
+    // NaN (a length byte past the end) fails `at <= end` too.
+    if (!(at <= end) || owed > end - at) {
+      throw new IpcError(
+        "Serialization",
+        `cannot decode the message: a MessagePack header claims more than the ${end} bytes of the message hold`,
+      );
+    }
+  }
+}
+
+function uint16(bytes: Uint8Array, at: number): number {
+  return (bytes[at] << 8 | bytes[at + 1]) >>> 0;
+}
+
+function uint32(bytes: Uint8Array, at: number): number {
+  return (bytes[at] * 2 ** 24 + (bytes[at + 1] << 16 | bytes[at + 2] << 8 |
+    bytes[at + 3])) >>> 0;
 }
 
 function containsNeverUsed(value: unknown, depth: number): boolean {
