@@ -47,7 +47,11 @@ if (import.meta.main) {
   const stop = async () => {
     for (const worker of workers) await worker[Symbol.asyncDispose]();
   };
+  // Set on Ctrl-C: the loop below must not feed workers being disposed.
+  let interrupted = false;
   const onInterrupt = () => {
+    if (interrupted) return;
+    interrupted = true;
     write("\ninterrupted: stopping the workers\n");
     stop().then(() => Deno.exit(130));
   };
@@ -59,7 +63,7 @@ if (import.meta.main) {
   let primes = 0;
   const perWorker = new Map<number, number>();
   const sendNext = (worker: SpawnedProcess<Job, never>) => {
-    if (sent >= jobCount) return;
+    if (sent >= jobCount || interrupted) return;
     const from = sent * span;
     worker.sender.send({ id: sent, from, to: from + span, reply: replies });
     sent++;
@@ -70,6 +74,7 @@ if (import.meta.main) {
   const work = performance.now();
   let lastPrint = 0;
   for await (const answer of answers) {
+    if (interrupted) break;
     done++;
     primes += answer.primes;
     perWorker.set(answer.pid, (perWorker.get(answer.pid) ?? 0) + 1);
@@ -86,6 +91,8 @@ if (import.meta.main) {
     }
     if (done === jobCount) break;
   }
+  // onInterrupt ends the process once the workers are gone.
+  if (interrupted) await new Promise<never>(() => {});
   const seconds = (performance.now() - work) / 1000;
   replies.close();
   answers.close();

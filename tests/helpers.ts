@@ -290,3 +290,30 @@ export function fdTest(
     }
   });
 }
+
+/**
+ * The `ps` state of a process (`"S"`, `"R"`, `"Z"` for a zombie…), or
+ * undefined once it is gone and reaped. Through `ps`, because Deno asks for
+ * --allow-all before it reads another process's /proc entry.
+ */
+export async function processState(pid: number): Promise<string | undefined> {
+  const { code, stdout } = await new Deno.Command("ps", {
+    args: ["-o", "stat=", "-p", String(pid)],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  const state = new TextDecoder().decode(stdout).trim();
+  return code === 0 && state !== "" ? state : undefined;
+}
+
+/** Pids of the live children of `pid`, through `ps` (see processState). */
+export async function childPids(pid: number): Promise<number[]> {
+  const { stdout } = await new Deno.Command("ps", {
+    args: ["-o", "pid=", "--ppid", String(pid)],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  return new TextDecoder().decode(stdout).split(/\s+/).filter(Boolean).map(
+    Number,
+  );
+}

@@ -1,5 +1,6 @@
 import {
   deepStrictEqual as assertEquals,
+  equal,
   ok,
   rejects,
   throws,
@@ -12,6 +13,7 @@ import {
   ipcError,
   offWindows,
   openFds,
+  processState,
   settled,
 } from "./helpers.ts";
 
@@ -48,12 +50,16 @@ fdTest(
     child.kill("SIGKILL");
     const killedAt = performance.now();
     await rejects(pending, ipcError("Disconnected"));
-    // The issue asks for 100 ms; the bound here only guards against a hang on
-    // a loaded 2-core machine.
+    // The issue asks for 100 ms: bench/disconnect_latency.ts measures it
+    // (tests make no timing claims); this bound only guards against a hang.
     ok(performance.now() - killedAt < 5000);
     const status = await child.status;
     // Windows has no signals: kill() is TerminateProcess and signal is null.
     if (Deno.build.os !== "windows") assertEquals(status.signal, "SIGKILL");
+    // Reaped, not a zombie (state "Z" until its parent waits for it).
+    if (Deno.build.os === "linux") {
+      equal(await processState(child.pid), undefined);
+    }
     throws(
       () => child.sender.send(undefined as never),
       ipcError("Disconnected"),
