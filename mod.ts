@@ -477,6 +477,25 @@ export class IpcBytesSender {
   }
 
   /**
+   * Connects to a server by its name, as {@linkcode IpcSender.connect} does;
+   * the bytes arrive undecoded, so the server must expect them.
+   *
+   * @example
+   * ```ts
+   * import { IpcBytesSender, IpcOneShotServer } from "@ipc/channel";
+   * using server = new IpcOneShotServer<Uint8Array>();
+   * using tx = IpcBytesSender.connect(server.name);
+   * tx.send(new Uint8Array([0xc0])); // MessagePack for null
+   * const [rx, first] = await server.accept();
+   * console.log(first); // null
+   * rx.close();
+   * ```
+   */
+  static connect(name: string): IpcBytesSender {
+    return new IpcBytesSender(platform().connect(name));
+  }
+
+  /**
    * Sends a copy of `bytes`; the caller may reuse the buffer at once.
    *
    * @example
@@ -545,6 +564,23 @@ export class IpcBytesSender {
    */
   clone(): IpcBytesSender {
     return new IpcBytesSender(this.#slot.get("sender").clone());
+  }
+
+  /**
+   * The type-erased sender; this one becomes unusable.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * using again = tx.toOpaque().toBytes();
+   * again.send(new Uint8Array(2));
+   * console.log(rx.recvSync().length); // 2
+   * rx.close();
+   * ```
+   */
+  toOpaque(): OpaqueIpcSender {
+    return wrapOpaqueSender(this.#slot.take("sender", "made opaque"));
   }
 
   /**
@@ -685,6 +721,23 @@ export class IpcBytesReceiver {
   }
 
   /**
+   * The type-erased receiver; this one becomes unusable.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * using again = rx.toOpaque().toBytes();
+   * tx.send(new Uint8Array(3));
+   * console.log(again.recvSync().length); // 3
+   * tx.close();
+   * ```
+   */
+  toOpaque(): OpaqueIpcReceiver {
+    return wrapOpaqueReceiver(this.#slot.take("receiver", "made opaque"));
+  }
+
+  /**
    * Releases the OS handle; pending waits reject with kind "Closed".
    *
    * @example
@@ -747,6 +800,21 @@ export class OpaqueIpcSender {
   }
 
   /**
+   * The bytes sender; this opaque one becomes unusable.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * using bytes = tx.toOpaque().toBytes();
+   * rx.close();
+   * ```
+   */
+  toBytes(): IpcBytesSender {
+    return wrapBytesSender(this.#slot.take("opaque sender", "made bytes"));
+  }
+
+  /**
    * Releases the OS handle.
    *
    * @example
@@ -805,6 +873,23 @@ export class OpaqueIpcReceiver {
    */
   to<T>(): IpcReceiver<T> {
     return wrapReceiver<T>(this.#slot.take("opaque receiver", "made typed"));
+  }
+
+  /**
+   * The bytes receiver; this opaque one becomes unusable.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * using bytes = rx.toOpaque().toBytes();
+   * tx.close();
+   * ```
+   */
+  toBytes(): IpcBytesReceiver {
+    return wrapBytesReceiver(
+      this.#slot.take("opaque receiver", "made bytes"),
+    );
   }
 
   /**

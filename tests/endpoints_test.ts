@@ -12,8 +12,12 @@ import {
 import {
   bytesChannel,
   channel,
+  IpcBytesSender,
+  IpcOneShotServer,
   type IpcReceiver,
   type IpcSender,
+  type OpaqueIpcReceiver,
+  type OpaqueIpcSender,
 } from "../mod.ts";
 import {
   fdBaseline,
@@ -68,6 +72,33 @@ Deno.test("toOpaque() of a receiver that was sent away throws Closed", async () 
     undefined,
     "toOpaque() succeeded on a receiver that was sent away",
   );
+});
+
+Deno.test("bytes endpoints connect, go opaque and come back, as typed ones do", async () => {
+  using server = new IpcOneShotServer<string>();
+  using client = IpcBytesSender.connect(server.name);
+  // The server decodes what a typed client would have sent: "hi" packed.
+  client.send(new Uint8Array([0xa2, 0x68, 0x69]));
+  const [fromClient, first] = await server.accept();
+  equal(first, "hi");
+  fromClient.close();
+
+  const [tx, rx] = bytesChannel();
+  const opaqueTx = tx.toOpaque();
+  const opaqueRx = rx.toOpaque();
+  throws(() => tx.send(new Uint8Array(1)), ipcError("Closed"));
+  throws(() => rx.tryRecv(), ipcError("Closed"));
+  // Opaque ends travel inside messages and become bytes endpoints again.
+  const [carrier, carried] = channel<[OpaqueIpcSender, OpaqueIpcReceiver]>();
+  carrier.send([opaqueTx, opaqueRx]);
+  const [movedTx, movedRx] = await carried.recv();
+  using bytesTx = movedTx.toBytes();
+  using bytesRx = movedRx.toBytes();
+  throws(() => movedRx.toBytes(), ipcError("Closed"));
+  bytesTx.send(new Uint8Array([1, 2, 3]));
+  deepStrictEqual(await bytesRx.recv(), new Uint8Array([1, 2, 3]));
+  for (const end of [carrier, carried]) end.close();
+  await settled();
 });
 
 Deno.test("a receiver sent while the sender's queue is full is detached too", async () => {
