@@ -128,3 +128,54 @@ Deno.test({
   Deno.removeSync(stale.replace(/\/socket$/, ""), { recursive: true });
   await settled();
 });
+
+/** Runs fixtures/other_uid_client.ts, which turns into nobody and sends `text`. */
+async function sendAsNobody(name: string, text: string): Promise<void> {
+  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-ffi", fixture("other_uid_client.ts"), name, text],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assertEquals(code, 0, new TextDecoder().decode(stderr));
+}
+
+/**
+ * Opens the server's private directory and socket to everyone, as a mistake
+ * (or root, which ignores the mode) would, so that only the uid check is left.
+ */
+function exposeToOtherUsers(server: IpcServer<unknown>): void {
+  Deno.chmodSync(server.name.replace(/\/socket$/, ""), 0o711);
+  Deno.chmodSync(server.name, 0o777);
+}
+
+const AS_ROOT = Deno.build.os === "linux" && platform().processUid() === 0;
+
+Deno.test({
+  name: AS_ROOT
+    ? "a client of another uid is refused by default, accepted when allowed"
+    : "a client of another uid is refused by default, accepted when allowed [skipped: needs Linux and root to run a client as nobody]",
+  ignore: !AS_ROOT,
+}, async () => {
+  {
+    using server = new IpcServer<string>();
+    exposeToOtherUsers(server);
+    await sendAsNobody(server.name, "from nobody");
+    using own = IpcSender.connect<string>(server.name);
+    own.send("from us");
+    // The first connection, nobody's, is dropped: ours is the first accepted.
+    const { receiver, first, peer } = await server.accept();
+    assertEquals(first, "from us");
+    assertEquals(peer.uid, 0);
+    receiver.close();
+  }
+  {
+    using server = new IpcServer<string>({ allowOtherUsers: true });
+    exposeToOtherUsers(server);
+    await sendAsNobody(server.name, "from nobody");
+    const { receiver, first, peer } = await server.accept();
+    assertEquals(first, "from nobody");
+    assertEquals([peer.uid, peer.gid], [65534, 65534]);
+    receiver.close();
+  }
+  await settled();
+});
