@@ -15,7 +15,16 @@
 
 import fc from "npm:fast-check@^3";
 import { deepStrictEqual, equal, ok } from "node:assert/strict";
-import { channel, IpcError, IpcOneShotServer } from "../mod.ts";
+import {
+  bytesChannel,
+  channel,
+  IpcBytesSender,
+  IpcError,
+  IpcOneShotServer,
+  IpcReceiver,
+  IpcSender,
+  IpcSharedMemory,
+} from "../mod.ts";
 import { Codec } from "../serde/codec.ts";
 import {
   fdBaseline,
@@ -38,6 +47,11 @@ import {
 } from "./raw_socket.ts";
 
 const LONG = Deno.env.get("IPC_LONG") === "1";
+// Float16Array is newer than some runtimes this suite runs on.
+// deno-lint-ignore no-explicit-any
+const Float16 = (globalThis as any).Float16Array as
+  | (new (values: number[]) => ArrayBufferView)
+  | undefined;
 const SCALE = LONG ? 20 : 1;
 
 // ---------------------------------------------------------------------------
@@ -66,6 +80,12 @@ const leaf = fc.oneof(
   fc.float64Array({ maxLength: 16 }),
   fc.bigInt64Array({ maxLength: 8 }),
   fc.bigUint64Array({ maxLength: 8 }),
+  fc.uint8Array({ maxLength: 32 }).map((a) => new DataView(a.buffer)),
+  ...(Float16 === undefined ? [] : [
+    fc.array(fc.float({ noDefaultInfinity: true, noNaN: true }), {
+      maxLength: 8,
+    }).map((numbers) => new Float16(numbers)),
+  ]),
 );
 
 const key = fc.oneof(
@@ -130,6 +150,176 @@ Deno.test("fuzz: random values of every kind round-trip equal through a channel"
     rx.close();
   }
   console.log(`round-trip: ${tried} values`);
+  await settled();
+});
+
+// Endpoints and shared memory at random places: the generator leaves an
+// EndpointSlot where one goes, and each run fills it with a fresh endpoint.
+
+type EndpointKind = "sender" | "receiver" | "bytesSender" | "shm";
+
+class EndpointSlot {
+  constructor(readonly kind: EndpointKind) {}
+}
+
+const slot = fc.constantFrom<EndpointKind>(
+  "sender",
+  "receiver",
+  "bytesSender",
+  "shm",
+).map((kind) => new EndpointSlot(kind));
+
+const { holder: withEndpointsArb } = fc.letrec((tie) => ({
+  holder: fc.oneof(
+    { depthSize: "small" },
+    slot,
+    valueArb,
+    fc.array(tie("holder"), { maxLength: 5 }),
+    fc.dictionary(key, tie("holder"), { maxKeys: 5 }),
+  ),
+}));
+
+/** What was put where a slot stood, and how to check what arrived there. */
+interface Placed {
+  endpoint: unknown;
+  check(arrived: unknown): Promise<void>;
+  close(): void;
+}
+
+function place(kind: EndpointKind, n: number): Placed {
+  switch (kind) {
+    case "sender": {
+      const [tx, rx] = channel<number>();
+      return {
+        endpoint: tx,
+        async check(arrived) {
+          ok(arrived instanceof IpcSender, `slot ${n}: ${arrived}`);
+          arrived.send(n);
+          equal(await rx.recv(), n);
+          arrived.close();
+        },
+        close: () => (tx.close(), rx.close()),
+      };
+    }
+    case "receiver": {
+      const [tx, rx] = channel<number>();
+      return {
+        endpoint: rx,
+        async check(arrived) {
+          ok(arrived instanceof IpcReceiver, `slot ${n}: ${arrived}`);
+          tx.send(n);
+          equal(await arrived.recv(), n);
+          arrived.close();
+        },
+        close: () => (tx.close(), rx.close()),
+      };
+    }
+    case "bytesSender": {
+      const [tx, rx] = bytesChannel();
+      return {
+        endpoint: tx,
+        async check(arrived) {
+          ok(arrived instanceof IpcBytesSender, `slot ${n}: ${arrived}`);
+          arrived.send(new Uint8Array([n & 0xff]));
+          deepStrictEqual(await rx.recv(), new Uint8Array([n & 0xff]));
+          arrived.close();
+        },
+        close: () => (tx.close(), rx.close()),
+      };
+    }
+    case "shm": {
+      const shm = IpcSharedMemory.fromByte(n & 0xff, 1 + (n % 5000));
+      return {
+        endpoint: shm,
+        check(arrived) {
+          ok(arrived instanceof IpcSharedMemory, `slot ${n}: ${arrived}`);
+          deepStrictEqual(arrived.take(), shm.bytes.slice());
+          return Promise.resolve();
+        },
+        close: () => shm.close(),
+      };
+    }
+  }
+}
+
+/** `holder` with every slot filled, and what went into each, in order. */
+function fill(holder: unknown, placed: Placed[]): unknown {
+  if (holder instanceof EndpointSlot) {
+    const p = place(holder.kind, placed.length);
+    placed.push(p);
+    return p.endpoint;
+  }
+  if (Array.isArray(holder)) return holder.map((h) => fill(h, placed));
+  if (
+    typeof holder === "object" && holder !== null &&
+    Object.getPrototypeOf(holder) === Object.prototype
+  ) {
+    const filled: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(holder)) {
+      Object.defineProperty(filled, k, {
+        value: fill(v, placed),
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
+    }
+    return filled;
+  }
+  return holder;
+}
+
+/** Checks `arrived` against `holder`: equal values, working endpoints. */
+async function compare(
+  holder: unknown,
+  arrived: unknown,
+  placed: Placed[],
+  next: { at: number },
+): Promise<void> {
+  if (holder instanceof EndpointSlot) {
+    await placed[next.at++].check(arrived);
+  } else if (Array.isArray(holder)) {
+    ok(Array.isArray(arrived));
+    equal(arrived.length, holder.length);
+    for (let i = 0; i < holder.length; i++) {
+      await compare(holder[i], arrived[i], placed, next);
+    }
+  } else if (
+    typeof holder === "object" && holder !== null &&
+    Object.getPrototypeOf(holder) === Object.prototype
+  ) {
+    const record = arrived as Record<string, unknown>;
+    deepStrictEqual(Object.keys(record), Object.keys(holder));
+    for (const [k, v] of Object.entries(holder)) {
+      await compare(v, record[k], placed, next);
+    }
+  } else {
+    deepStrictEqual(arrived, holder);
+  }
+}
+
+Deno.test("fuzz: endpoints and shared memory at random depths arrive working", async () => {
+  const [tx, rx] = channel<unknown>();
+  let endpoints = 0;
+  try {
+    await fc.assert(
+      fc.asyncProperty(withEndpointsArb, async (holder) => {
+        const placed: Placed[] = [];
+        try {
+          tx.send(fill(holder, placed));
+          await compare(holder, await rx.recv(), placed, { at: 0 });
+          endpoints += placed.length;
+        } finally {
+          for (const p of placed) p.close();
+        }
+      }),
+      { numRuns: 100 * SCALE },
+    );
+  } finally {
+    tx.close();
+    rx.close();
+  }
+  console.log(`endpoints: ${endpoints} placed at random depths`);
+  ok(endpoints > 0, "the generator placed no endpoint");
   await settled();
 });
 
