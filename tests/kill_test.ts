@@ -1,7 +1,7 @@
 /**
  * Issue 5, point 3: kill at random. A child streaming large messages with
  * endpoints and shared memory inside is SIGKILLed at a random moment, 20
- * times (100 with IPC_LONG=1; scripts/soak.ts --kills runs more). The parent
+ * times (100 with IPC_LONG=1). The parent
  * never hangs, every message it received is intact (checksums, shared
  * memory contents, a working endpoint pair) and in order, and afterwards its
  * fd count and its ipc-channel mappings are back where they started.
