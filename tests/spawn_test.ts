@@ -12,6 +12,7 @@ import {
   fixture,
   ipcError,
   offWindows,
+  onLinux,
   openFds,
   processState,
   settled,
@@ -126,6 +127,33 @@ Deno.test({
   }
   ok(output.includes("orphan saw Disconnected"), output);
 });
+
+Deno.test(
+  onLinux(
+    "spawn's bootstrap name is private: not on the command line, gone from the env, and an impostor is not taken for the child",
+    "reads the child's command line with ps",
+  ),
+  async () => {
+    await using child = await spawn<
+      never,
+      { pid: number; name: string; envAfter: string | undefined }
+    >(fixture("spawn_impostor.ts"), {
+      denoArgs: ["--allow-ffi", "--allow-run", "--allow-read", "--allow-env"],
+    });
+    // The impostor connected first; spawn waited for the child's own pid.
+    const report = await child.receiver.recv();
+    equal(report.pid, child.pid);
+    ok(report.name.length > 0);
+    equal(report.envAfter, undefined, "connectToParent removes the name");
+    const { stdout } = await new Deno.Command("ps", {
+      args: ["-o", "args=", "-p", String(child.pid)],
+      stdout: "piped",
+    }).output();
+    const commandLine = new TextDecoder().decode(stdout);
+    ok(commandLine.includes("spawn_impostor.ts"), commandLine);
+    ok(!commandLine.includes(report.name), commandLine);
+  },
+);
 
 Deno.test("a receiver travels A→B→C and C reads what A sends", async () => {
   const [tx, rx] = channel<string>();
