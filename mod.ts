@@ -2053,14 +2053,23 @@ export class RouterProxy {
 
   async #run(): Promise<void> {
     this.#running = true;
+    let failures = 0;
     try {
       while (this.#routes.size > 0 && this.#set !== undefined) {
         let results: IpcSelectionResult[];
         try {
           results = await this.#set.select();
+          failures = 0;
         } catch (error) {
           if (error instanceof IpcError && error.kind === "Closed") return;
           this.#onError(error);
+          // Most failures belong to one message and the next select is
+          // fine; one that repeats must not spin the event loop.
+          if (++failures > 1) {
+            await new Promise((resolve) =>
+              setTimeout(resolve, Math.min(2 ** failures, 1000))
+            );
+          }
           continue;
         }
         for (const result of results) {
