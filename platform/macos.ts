@@ -2,7 +2,9 @@
  * macOS backend: Mach ports through libSystem. Implemented to the same
  * {@linkcode OsPlatform} contract as the Linux backend; NOT YET RUN ON A MAC
  * (the byte layouts and the rights bookkeeping are unit-tested on Linux, see
- * platform/macos_msg.ts and platform/macos_rights.ts).
+ * platform/macos_msg.ts and platform/macos_rights.ts, and this file's code
+ * runs on Linux over a simulated kernel through {@linkcode createMacBackend},
+ * see tests/macos_backend_test.ts).
  *
  * - **Channel.** A port with its receive right and one send right under the
  *   same name, its queue limit raised to `MACH_PORT_QLIMIT_LARGE` (1024), and

@@ -11,8 +11,10 @@
  * refuses an operation the kernel would refuse (releasing a right we do not
  * hold), and {@linkcode RightsLedger.outstanding} lists what is still held.
  * Tests drive `MachRights` over a simulated kernel through the same sequences
- * the backend performs (tests/macos_rights_test.ts); on a Mac, the backend's
- * own ledger can be read with `machRightsOutstanding()`.
+ * the backend performs (tests/macos_rights_test.ts), and the backend itself
+ * over a simulated kernel that checks every call (tests/macos_backend_test.ts);
+ * on a Mac, the backend's own ledger can be read with
+ * `machRightsOutstanding()`.
  *
  * Mach facts the model follows (mach/port.h, XNU `ipc_right.c`):
  * - A task has one name per port. Send rights to the same port share that
