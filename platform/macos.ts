@@ -168,8 +168,9 @@ const KERN_NAMES: Record<number, string> = {
   1102: "BOOTSTRAP_UNKNOWN_SERVICE",
   0x10000003: "MACH_SEND_INVALID_DEST",
   0x10000004: "MACH_SEND_TIMED_OUT",
-  0x1000000a: "MACH_SEND_TOO_LARGE",
+  0x1000000a: "MACH_SEND_INVALID_RIGHT",
   0x1000000d: "MACH_SEND_NO_BUFFER",
+  0x1000000e: "MACH_SEND_TOO_LARGE",
 };
 
 function malformed(what: string, cause?: unknown): IpcError {

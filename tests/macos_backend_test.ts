@@ -350,3 +350,22 @@ Deno.test("backend over a fake kernel: a server closed with a connection not yet
   for (const end of [one, two, first.receiver]) end.close();
   await assertClean(world, server, client);
 });
+
+Deno.test("backend over a fake kernel: MACH_SEND_TOO_LARGE sends the body out of line instead", async () => {
+  const { world, procs: [a] } = processes(1);
+  world.maxInline = 4096;
+  const [tx, rx] = a.backend.platform.channel();
+  const body = new Uint8Array(10_000).map((_, i) => i & 0xff);
+  const [innerTx, innerRx] = a.backend.platform.channel();
+  tx.send(body, [innerTx]);
+  equal(world.events.get("too large"), 1);
+  const message = rx.tryRecv()!;
+  assertEquals(message.data, body);
+  message.handles[0].close();
+  // The limit learned: the next large body goes out of line at once.
+  tx.send(body, []);
+  equal(world.events.get("too large"), 1);
+  assertEquals(rx.tryRecv()!.data, body);
+  for (const end of [tx, rx, innerTx, innerRx]) end.close();
+  await assertClean(world, a);
+});
