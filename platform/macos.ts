@@ -791,14 +791,24 @@ export function createMacBackend(host: MachHost): MacBackend {
       notifyWatch = poller.watch(notifyPort, () => {
         // Drain every notification, then retry every queue.
         while (receiveRaw(notifyPort, 0) !== undefined) {
+          let deadName: number | undefined;
           try {
             const parsed = parseMessage(receiveBuffer);
             const resources = resourcesOf(parsed);
             rights.received(resources);
             rights.discard(resources);
+            if (!parsed.complex && viaSendOnce(parsed)) {
+              const notification = parseNotification(receiveBuffer, parsed);
+              if (notification?.type === "dead-name") {
+                deadName = notification.name;
+              }
+            }
           } catch {
             // A malformed notification carries nothing we could free.
           }
+          // A send-possible request outlived its port: the kernel sent this
+          // instead, with a dead-name reference of its own on the name.
+          if (deadName !== undefined) rights.deadNameNotified(deadName);
         }
         flushPendingSenders();
       });

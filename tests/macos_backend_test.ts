@@ -369,3 +369,28 @@ Deno.test("backend over a fake kernel: MACH_SEND_TOO_LARGE sends the body out of
   for (const end of [tx, rx, innerTx, innerRx]) end.close();
   await assertClean(world, a);
 });
+
+Deno.test("backend over a fake kernel: a peer dies while our queue waits for room", async () => {
+  const { world, procs: [a, b] } = processes(2);
+  world.maxQueueLimit = 2;
+  const listener = b.backend.platform.listen();
+  const toB = a.backend.platform.connect(listener.name);
+  const accepted = await listener.accept(soon);
+  const [innerTx, innerRx] = a.backend.platform.channel();
+  for (let i = 0; i < 5; i++) toB.send(bytes(i), [innerTx]);
+  ok(toB.bufferedAmount > 0);
+  // B goes without reading: the port dies with our send-possible request
+  // armed, which the kernel turns into a dead-name notification carrying a
+  // dead-name reference of its own (XNU ipc_right_check).
+  accepted.receiver.close();
+  await rejects(toB.drained(0, soon), kind("Disconnected"));
+  ok(world.events.get("notify 110"), "a dead-name notification came");
+  equal(toB.bufferedAmount, 0, "the queue and its rights were dropped");
+  throws(() => toB.send(bytes(9), []), kind("Disconnected"));
+  // Every sender of innerRx is gone: the queued references went too.
+  innerTx.close();
+  throws(() => innerRx.tryRecv(), kind("Disconnected"));
+  for (const end of [innerRx, toB]) end.close();
+  listener.close();
+  await assertClean(world, a, b);
+});
