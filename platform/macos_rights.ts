@@ -11,8 +11,10 @@
  * refuses an operation the kernel would refuse (releasing a right we do not
  * hold), and {@linkcode RightsLedger.outstanding} lists what is still held.
  * Tests drive `MachRights` over a simulated kernel through the same sequences
- * the backend performs (tests/macos_rights_test.ts); on a Mac, the backend's
- * own ledger can be read with `machRightsOutstanding()`.
+ * the backend performs (tests/macos_rights_test.ts), and the backend itself
+ * over a simulated kernel that checks every call (tests/macos_backend_test.ts);
+ * on a Mac, the backend's own ledger can be read with
+ * `machRightsOutstanding()`.
  *
  * Mach facts the model follows (mach/port.h, XNU `ipc_right.c`):
  * - A task has one name per port. Send rights to the same port share that
@@ -27,6 +29,9 @@
  *   leaves those as a dead name.
  * - Moving a receive right out of the task (MOVE_RECEIVE) takes it out of
  *   any port set it was in.
+ * - A port that dies while we have a notification request armed on one of
+ *   our names for it adds a dead-name reference to that name, carried by
+ *   the dead-name notification (XNU `ipc_right_check`).
  *
  * @module
  */
@@ -230,6 +235,17 @@ export class RightsLedger {
     } else {
       this.#fail(name, `receive disposition ${disposition}`);
     }
+  }
+
+  /**
+   * A dead-name notification for `name` arrived: the kernel added one
+   * dead-name reference for it when the port died with our request armed.
+   */
+  deadNameNotified(name: number): void {
+    this.operations++;
+    const e = this.#entry(name);
+    e.dead += e.send + 1;
+    e.send = 0;
   }
 
   /** The port behind our send references died: they are dead names now. */
@@ -448,6 +464,17 @@ export class MachRights {
   releaseRegion(region: { address: bigint; length: number }): void {
     this.#kernel.vmDeallocate(region.address, region.length);
     this.ledger.regionReleased(region.address);
+  }
+
+  /**
+   * A dead-name notification for `name`: a send-possible (or dead-name)
+   * request was armed when the port died, and the kernel added a dead-name
+   * reference that the notification carries (XNU `ipc_right_check`: "Add
+   * the reference that the notification carries"). Released at once.
+   */
+  deadNameNotified(name: number): void {
+    this.ledger.deadNameNotified(name);
+    this.release(name);
   }
 
   /** Our send references to `name` turned out dead (MACH_SEND_INVALID_DEST). */

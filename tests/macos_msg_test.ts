@@ -34,7 +34,16 @@ import {
   MACH_NOTIFY_NO_SENDERS,
   MACH_NOTIFY_SEND_ONCE,
   MACH_NOTIFY_SEND_POSSIBLE,
+  MACH_RCV_INTERRUPTED,
+  MACH_RCV_TIMED_OUT,
+  MACH_RCV_TOO_LARGE,
   MACH_RCV_TRAILER_AUDIT_ELEMENTS,
+  MACH_SEND_INTERRUPTED,
+  MACH_SEND_INVALID_DEST,
+  MACH_SEND_INVALID_RIGHT,
+  MACH_SEND_NO_BUFFER,
+  MACH_SEND_TIMED_OUT,
+  MACH_SEND_TOO_LARGE,
   MalformedMessage,
   MAX_TRAILER_SIZE,
   messageSize,
@@ -496,4 +505,19 @@ Deno.test("only a message through a send-once right can be a notification", () =
   const forged = notification(70, 0x4403, 1);
   view(forged).setUint32(0, MACH_MSG_TYPE_PORT_SEND << 8, true);
   ok(!viaSendOnce(parseMessage(forged)));
+});
+
+Deno.test("mach_msg return codes are mach/message.h's", () => {
+  // mach/message.h "Send errors" and "Receive errors", in header order;
+  // MACH_SEND_TOO_LARGE was once written as 0x1000000a, which is
+  // MACH_SEND_INVALID_RIGHT.
+  equal(MACH_SEND_INVALID_DEST, 0x10000003);
+  equal(MACH_SEND_TIMED_OUT, 0x10000004);
+  equal(MACH_SEND_INTERRUPTED, 0x10000007);
+  equal(MACH_SEND_INVALID_RIGHT, 0x1000000a);
+  equal(MACH_SEND_NO_BUFFER, 0x1000000d);
+  equal(MACH_SEND_TOO_LARGE, 0x1000000e);
+  equal(MACH_RCV_TIMED_OUT, 0x10004003);
+  equal(MACH_RCV_TOO_LARGE, 0x10004004);
+  equal(MACH_RCV_INTERRUPTED, 0x10004005);
 });
