@@ -21,22 +21,9 @@ const symbols = {
     parameters: ["buffer", "u32", "u32", "pointer", "u32", "u32", "isize"],
     result: "isize",
   },
-  ConnectNamedPipe: { parameters: ["isize", "pointer"], result: "i32" },
   WaitNamedPipeW: { parameters: ["buffer", "u32"], result: "i32" },
   GetNamedPipeClientProcessId: {
     parameters: ["isize", "buffer"],
-    result: "i32",
-  },
-  PeekNamedPipe: {
-    parameters: ["isize", "pointer", "u32", "buffer", "buffer", "buffer"],
-    result: "i32",
-  },
-  ReadFile: {
-    parameters: ["isize", "pointer", "u32", "buffer", "pointer"],
-    result: "i32",
-  },
-  WriteFile: {
-    parameters: ["isize", "pointer", "u32", "buffer", "pointer"],
     result: "i32",
   },
   GetOverlappedResult: {
@@ -99,11 +86,71 @@ export function kernel32(): Deno.DynamicLibrary<typeof symbols>["symbols"] {
   return library.symbols;
 }
 
+// The pipe calls whose outcome decides what happens to data are made here,
+// not through ReadFile/WriteFile/PeekNamedPipe/ConnectNamedPipe: these return
+// their NTSTATUS, while the kernel32 wrappers return FALSE and leave the
+// outcome in the thread's last error, which must be read by a second FFI call.
+// Between the two the runtime runs native code of its own on this thread, and
+// under Wine that code was seen to overwrite it (issue 6: a pending WriteFile
+// read back as error 1150, ERROR_OLD_WIN_VERSION, which is what a failed
+// VerifyVersionInfoW leaves, a call deno.exe makes).
 const ntdllSymbols = {
   RtlNtStatusToDosError: { parameters: ["u32"], result: "u32" },
+  NtReadFile: {
+    parameters: [
+      "isize",
+      "isize",
+      "pointer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "u32",
+      "pointer",
+      "pointer",
+    ],
+    result: "u32",
+  },
+  NtWriteFile: {
+    parameters: [
+      "isize",
+      "isize",
+      "pointer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "u32",
+      "pointer",
+      "pointer",
+    ],
+    result: "u32",
+  },
+  NtFsControlFile: {
+    parameters: [
+      "isize",
+      "isize",
+      "pointer",
+      "pointer",
+      "pointer",
+      "u32",
+      "pointer",
+      "u32",
+      "pointer",
+      "u32",
+    ],
+    result: "u32",
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 let ntdllLibrary: Deno.DynamicLibrary<typeof ntdllSymbols> | undefined;
+
+/**
+ * Opens ntdll once, on first use: the native calls that return their
+ * NTSTATUS instead of leaving it in the thread's last error.
+ */
+export function ntdll(): Deno.DynamicLibrary<typeof ntdllSymbols>["symbols"] {
+  ntdllLibrary ??= Deno.dlopen("ntdll.dll", ntdllSymbols);
+  return ntdllLibrary.symbols;
+}
 
 /**
  * The Win32 error for an NTSTATUS, e.g. the `Internal` field of a finished
@@ -112,11 +159,15 @@ let ntdllLibrary: Deno.DynamicLibrary<typeof ntdllSymbols> | undefined;
  */
 export function ntStatusToError(status: number): number {
   if (status === 0) return 0;
-  ntdllLibrary ??= Deno.dlopen("ntdll.dll", ntdllSymbols);
-  return ntdllLibrary.symbols.RtlNtStatusToDosError(status);
+  return ntdll().RtlNtStatusToDosError(status);
 }
 
-/** The calling thread's last error, read right after a failed call. */
+/**
+ * The calling thread's last error, read right after a failed call. Only for
+ * reporting a failure: the runtime may overwrite it between the failed call
+ * and this one (see {@linkcode ntdll}), so nothing that decides the fate of
+ * data may branch on it.
+ */
 export function lastError(): number {
   return kernel32().GetLastError();
 }
@@ -174,10 +225,25 @@ export const OVERLAPPED = {
   size: 32,
   internal: 0,
   internalHigh: 8,
+  offset: 16,
   hEvent: 24,
 } as const;
 /** `OVERLAPPED.Internal` while the call is in flight. */
 export const STATUS_PENDING = 0x103;
+/** A warning, not an error: a message longer than the buffer (ERROR_MORE_DATA). */
+export const STATUS_BUFFER_OVERFLOW = 0x8000_0005;
+/** Size of `IO_STATUS_BLOCK`, which is also how an OVERLAPPED begins. */
+export const IO_STATUS_BLOCK_SIZE = 16;
+/** Size of `FILE_PIPE_PEEK_BUFFER` without data, and its field offsets. */
+export const FILE_PIPE_PEEK_BUFFER = {
+  size: 16,
+  readDataAvailable: 4,
+  messageLength: 12,
+} as const;
+/** `PeekNamedPipe`'s control code. */
+export const FSCTL_PIPE_PEEK = 0x0011_400c;
+/** `ConnectNamedPipe`'s control code. */
+export const FSCTL_PIPE_LISTEN = 0x0011_0008;
 /** Size of `MEMORY_BASIC_INFORMATION` and the offset of `RegionSize`. */
 export const MEMORY_BASIC_INFORMATION = { size: 48, regionSize: 24 } as const;
 

@@ -47,6 +47,11 @@
  * take at once stay pending (overlapped) while later sends queue in user
  * space, so `send` never blocks. All of these signal events that one poller
  * waits on. Nothing uses an I/O completion port (see `windows_wait.ts`).
+ * The pipe calls are made through ntdll (`NtReadFile`, `NtWriteFile`,
+ * `NtFsControlFile` for peek and listen), whose outcome is the status they
+ * return: what kernel32 leaves in the thread's last error can be overwritten
+ * before a second FFI call reads it, and a pending write read as a failed
+ * one would drop every queued message (issue 6).
  *
  * Servers keep {@linkcode BACKLOG} listening instances of their pipe, and
  * make a fresh instance for every accepted client. Peer credentials: `pid`
@@ -69,13 +74,18 @@ import {
   ERROR_PIPE_CONNECTED,
   FILE_FLAG_FIRST_PIPE_INSTANCE,
   FILE_FLAG_OVERLAPPED,
+  FILE_PIPE_PEEK_BUFFER,
   FILE_READ_ATTRIBUTES,
+  FSCTL_PIPE_LISTEN,
+  FSCTL_PIPE_PEEK,
   GENERIC_WRITE,
   handle,
   INFINITE,
   INVALID_HANDLE_VALUE,
+  IO_STATUS_BLOCK_SIZE,
   kernel32,
   lastError,
+  ntdll,
   ntStatusToError,
   OPEN_EXISTING,
   OVERLAPPED,
@@ -87,6 +97,7 @@ import {
   PIPE_UNLIMITED_INSTANCES,
   PROCESS_DUP_HANDLE,
   SECURITY_IDENTIFICATION_ONLY,
+  STATUS_BUFFER_OVERFLOW,
   STATUS_PENDING,
   takeEnv,
   WAIT_FAILED,
@@ -181,6 +192,11 @@ function disconnectedReceiver(): IpcError {
 class Overlapped {
   readonly bytes = pinned(OVERLAPPED.size);
   readonly pointer: Deno.PointerValue = Deno.UnsafePointer.of(this.bytes);
+  /** Its Offset/OffsetHigh, the (zero) byte offset of a read or write. */
+  readonly offset: Deno.PointerValue = Deno.UnsafePointer.offset(
+    this.pointer!,
+    OVERLAPPED.offset,
+  );
   readonly view: DataView = new DataView(this.bytes.buffer);
   readonly event: bigint;
 
@@ -199,7 +215,6 @@ class Overlapped {
 
 const transferred = new Uint32Array(1);
 const transferredBytes = new Uint8Array(transferred.buffer);
-const ignored = new Uint8Array(4);
 
 /**
  * Waits for a call on `ov` to finish (or, without `wait`, returns
@@ -231,31 +246,102 @@ function cancelAndWait(h: bigint, ov: Overlapped): number {
   return finish(h, ov, true);
 }
 
+/** Marks `ov` in flight, as kernelbase does before each overlapped call. */
+function arm(ov: Overlapped): void {
+  ov.view.setBigUint64(OVERLAPPED.internal, BigInt(STATUS_PENDING), true);
+  ov.view.setBigUint64(OVERLAPPED.internalHigh, 0n, true);
+}
+
+/**
+ * Starts an overlapped read (or write) of `length` bytes at `at` on `ov`:
+ * 0 if it finished at once, ERROR_IO_PENDING while it runs, ERROR_MORE_DATA
+ * for a longer message, or the error. Read from the NTSTATUS the call
+ * returns: through ReadFile/WriteFile the outcome would be the last error,
+ * which the runtime may overwrite before we read it, and a pending write
+ * taken for a failed one dropped the sender's queue (issue 6).
+ */
+function startIo(
+  h: bigint,
+  ov: Overlapped,
+  at: Deno.PointerValue,
+  length: number,
+  write: boolean,
+): number {
+  arm(ov);
+  const nt = ntdll();
+  const call = write ? nt.NtWriteFile : nt.NtReadFile;
+  return ntStatusToError(
+    call(h, ov.event, null, null, ov.pointer, at, length, ov.offset, null),
+  );
+}
+
+/** Starts a ConnectNamedPipe on `ov`, with its outcome as in {@linkcode startIo}. */
+function startListen(h: bigint, ov: Overlapped): number {
+  arm(ov);
+  return ntStatusToError(
+    ntdll().NtFsControlFile(
+      h,
+      ov.event,
+      null,
+      null,
+      ov.pointer,
+      FSCTL_PIPE_LISTEN,
+      null,
+      0,
+      null,
+      0,
+    ),
+  );
+}
+
 // ---------------------------------------------------------------------------
 // Receiving.
 
 const END_OF_STREAM = Symbol("end of stream");
 let receiveBuffer: Uint8Array<ArrayBuffer> | undefined;
 let readOverlapped: Overlapped | undefined;
+const peekStatus = pinned(IO_STATUS_BLOCK_SIZE);
+const peekBuffer = pinned(FILE_PIPE_PEEK_BUFFER.size);
+const peekView = new DataView(peekBuffer.buffer);
 const peekAvailable = new Uint32Array(1);
 const peekLeft = new Uint32Array(1);
 
+/**
+ * PeekNamedPipe without data, from its NTSTATUS (see {@linkcode startIo}):
+ * 0 with the bytes waiting and the unread length of the next message in
+ * `peekAvailable` and `peekLeft`, or the error.
+ */
+function peek(h: bigint): number {
+  const status = ntdll().NtFsControlFile(
+    h,
+    0n,
+    null,
+    null,
+    Deno.UnsafePointer.of(peekStatus),
+    FSCTL_PIPE_PEEK,
+    null,
+    0,
+    Deno.UnsafePointer.of(peekBuffer),
+    FILE_PIPE_PEEK_BUFFER.size,
+  );
+  // A message waits that has no room in the buffer: PeekNamedPipe succeeds.
+  if (status !== 0 && status !== STATUS_BUFFER_OVERFLOW) {
+    return ntStatusToError(status);
+  }
+  peekAvailable[0] = peekView.getUint32(
+    FILE_PIPE_PEEK_BUFFER.readDataAvailable,
+    true,
+  );
+  peekLeft[0] = peekView.getUint32(FILE_PIPE_PEEK_BUFFER.messageLength, true);
+  return 0;
+}
+
 /** The next message, undefined if none waits, END_OF_STREAM at the end. */
 function receiveOne(h: bigint): OsMessage | undefined | typeof END_OF_STREAM {
-  const k = kernel32();
-  if (
-    k.PeekNamedPipe(
-      h,
-      null,
-      0,
-      ignored,
-      new Uint8Array(peekAvailable.buffer),
-      new Uint8Array(peekLeft.buffer),
-    ) === 0
-  ) {
-    const code = lastError();
-    if (isDisconnect(code)) return END_OF_STREAM;
-    throw winError("PeekNamedPipe", code);
+  const peeked = peek(h);
+  if (peeked !== 0) {
+    if (isDisconnect(peeked)) return END_OF_STREAM;
+    throw winError("PeekNamedPipe", peeked);
   }
   if (peekAvailable[0] === 0 && peekLeft[0] === 0) return undefined;
   receiveBuffer ??= pinned(PIPE_BUFFER);
@@ -268,33 +354,14 @@ function receiveOne(h: bigint): OsMessage | undefined | typeof END_OF_STREAM {
       Deno.UnsafePointer.of(buffer)!,
       got,
     );
-    let code = 0;
-    if (
-      k.ReadFile(
-        h,
-        at,
-        buffer.length - got,
-        ignored,
-        readOverlapped.pointer,
-      ) ===
-        0
-    ) {
-      code = lastError();
-    }
+    let code = startIo(h, readOverlapped, at, buffer.length - got, false);
     if (code === 0 || code === ERROR_IO_PENDING || code === ERROR_MORE_DATA) {
       code = finish(h, readOverlapped, true);
       got += transferred[0];
     }
     if (code === 0) break;
     if (code === ERROR_MORE_DATA) {
-      k.PeekNamedPipe(
-        h,
-        null,
-        0,
-        ignored,
-        new Uint8Array(peekAvailable.buffer),
-        new Uint8Array(peekLeft.buffer),
-      );
+      peek(h);
       const bigger = allocate(got + Math.max(peekLeft[0], 1));
       bigger.set(buffer.subarray(0, got));
       buffer = bigger;
@@ -587,19 +654,14 @@ class WindowsSender implements OsSender {
   /** Starts one write: WRITE_DONE, ERROR_IO_PENDING, or the error. */
   #write(frame: Frame): number {
     const ov = this.#overlapped ??= new Overlapped();
-    const k = kernel32();
-    if (
-      k.WriteFile(
-        this.#h,
-        Deno.UnsafePointer.of(frame.bytes),
-        frame.bytes.length,
-        ignored,
-        ov.pointer,
-      ) !== 0
-    ) {
-      return WRITE_DONE;
-    }
-    const code = lastError();
+    const code = startIo(
+      this.#h,
+      ov,
+      Deno.UnsafePointer.of(frame.bytes),
+      frame.bytes.length,
+      true,
+    );
+    if (code === 0) return WRITE_DONE;
     if (code !== ERROR_IO_PENDING) return code;
     this.#pending = frame;
     this.#buffered += frame.size;
@@ -755,11 +817,7 @@ class WindowsReceiver implements OsReceiver {
   /** Starts a zero-byte read; false if it finished at once (data or end). */
   #startRead(): boolean {
     const ov = this.#overlapped ??= new Overlapped();
-    if (kernel32().ReadFile(this.#h, null, 0, ignored, ov.pointer) !== 0) {
-      return false;
-    }
-    const code = lastError();
-    if (code === ERROR_IO_PENDING) {
+    if (startIo(this.#h, ov, null, 0, false) === ERROR_IO_PENDING) {
       this.#reading = true;
       return true;
     }
@@ -1104,13 +1162,8 @@ class WindowsServer implements OsServer {
       if (code === 0 || code === ERROR_NO_DATA) instance.connected = true;
       return;
     }
-    const k = kernel32();
-    if (k.ConnectNamedPipe(instance.h, instance.overlapped.pointer) !== 0) {
-      instance.connected = true;
-      return;
-    }
-    const code = lastError();
-    if (code === ERROR_PIPE_CONNECTED || code === ERROR_NO_DATA) {
+    const code = startListen(instance.h, instance.overlapped);
+    if (code === 0 || code === ERROR_PIPE_CONNECTED || code === ERROR_NO_DATA) {
       instance.connected = true;
     } else if (code === ERROR_IO_PENDING) {
       instance.connecting = true;

@@ -10,7 +10,6 @@ import {
   fdTest,
   finish,
   ipcError,
-  offWindows,
   openFds,
   settled,
   startLinked,
@@ -61,13 +60,7 @@ fdTest(
 );
 
 Deno.test(
-  offWindows(
-    "200,000 small typed messages sent before the first recv arrive in order",
-    // Open bug (issue 6): under Wine a closed sender with a queue delivered
-    // 3,482 and 3,493 of 20,000 messages before "Disconnected" (2 runs of
-    // ~6); not yet known whether Wine drops unread pipe data or the backend.
-    "Windows backend bug: messages lost when a sender closes with a queue (intermittent under Wine)",
-  ),
+  "200,000 small typed messages sent before the first recv arrive in order",
   async () => {
     const [tx, rx] = channel<number>();
     // A million takes ~13 s here on top of the bytes test above; the typed
