@@ -226,9 +226,12 @@ export interface OsPlatform {
   receiverSet(): OsReceiverSet;
 }
 
-/** `bytes` as a buffer of its own (offset 0, exact length): a copy if needed. */
+/**
+ * `bytes` as a buffer of its own (offset 0, exact length): a copy if needed
+ * (through the constructor, which unlike `slice()` does not zero it first).
+ */
 export function ownedBytes(bytes: Uint8Array): Uint8Array {
   return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength
     ? bytes
-    : bytes.slice();
+    : new Uint8Array(bytes);
 }
