@@ -142,7 +142,8 @@ function disconnectedReceiver(): IpcError {
 
 // ---------------------------------------------------------------------------
 // Receiving: one static msghdr, buffer and control area for the whole process
-// (JavaScript is single-threaded and every receive copies its body out).
+// (JavaScript is single-threaded and every receive copies its body out, or
+// lends it to a caller that is done with it before the next receive).
 
 const receiveBuffer = new Uint8Array(RECEIVE_BUFFER);
 const receiveView = new DataView(receiveBuffer.buffer);
@@ -186,11 +187,13 @@ const RECVMSG_ERRORS = new Set([
 /**
  * Reads one packet. Returns undefined when none is waiting (non-blocking),
  * END_OF_STREAM when every sender is gone; throws on a malformed packet after
- * closing the descriptors that came with it.
+ * closing the descriptors that came with it. With `borrow`, a single
+ * message's body may be a view into the receive buffer (see OsReceiver).
  */
 function receiveOne(
   fd: number,
   blocking: boolean,
+  borrow = false,
 ): Received | undefined | typeof END_OF_STREAM {
   prepareReceive();
   const lc = libc();
@@ -224,6 +227,7 @@ function receiveOne(
         length,
         receiveHeaderView.getInt32(MSGHDR.flags, true),
         fds,
+        borrow,
       );
     } catch (error) {
       closeAll(fds);
@@ -264,7 +268,12 @@ function copyOut(start: number, end: number): Uint8Array {
 /** A received packet: one message, several (a batch), or a redirect. */
 type Received = OsMessage | { batch: Uint8Array[] } | { redirect: number };
 
-function parsePacket(length: number, flags: number, fds: number[]): Received {
+function parsePacket(
+  length: number,
+  flags: number,
+  fds: number[],
+  borrow: boolean,
+): Received {
   if (flags & MSG_CTRUNC) {
     const announced =
       length >= HEADER && receiveView.getUint16(0, true) === MAGIC
@@ -301,7 +310,9 @@ function parsePacket(length: number, flags: number, fds: number[]): Received {
   const kind = receiveBuffer[2];
   if (kind === KIND_INLINE) {
     return {
-      data: copyOut(HEADER, length),
+      data: borrow
+        ? receiveBuffer.subarray(HEADER, length)
+        : copyOut(HEADER, length),
       handles: fds.map((fd) => new LinuxIncoming(fd)),
     };
   }
@@ -990,7 +1001,7 @@ class LinuxReceiver implements OsReceiver {
   }
 
   /** One message, or undefined; marks the end of the stream. */
-  #receive(blocking: boolean): OsMessage | undefined {
+  #receive(blocking: boolean, borrow = false): OsMessage | undefined {
     if (this.#backlogAt < this.#backlog.length) {
       const data = this.#backlog[this.#backlogAt++];
       if (this.#backlogAt === this.#backlog.length) {
@@ -1001,7 +1012,7 @@ class LinuxReceiver implements OsReceiver {
     }
     for (;;) {
       if (this.#ended) throw disconnectedReceiver();
-      const received = receiveOne(this.#fd, blocking);
+      const received = receiveOne(this.#fd, blocking, borrow);
       if (received === END_OF_STREAM) {
         this.#ended = true;
         throw disconnectedReceiver();
@@ -1092,13 +1103,13 @@ class LinuxReceiver implements OsReceiver {
   /** Lets a receiver set follow this receiver to a new descriptor. */
   onDescriptorChange?: (previous: number, next: number) => void;
 
-  tryRecv(): OsMessage | undefined {
+  tryRecv(borrow = false): OsMessage | undefined {
     this.#check();
     flushPendingSenders();
-    return this.#receive(false);
+    return this.#receive(false, borrow);
   }
 
-  recvSync(): OsMessage {
+  recvSync(borrow = false): OsMessage {
     this.#check();
     if (this.#ready.size > 0) {
       throw new IpcError(
@@ -1112,7 +1123,7 @@ class LinuxReceiver implements OsReceiver {
       const start = performance.now();
       do {
         flushPendingSenders();
-        const message = this.#receive(false);
+        const message = this.#receive(false, borrow);
         if (message !== undefined) return message;
         libc().sched_yield();
       } while (performance.now() - start < SPIN_MS);
@@ -1120,13 +1131,13 @@ class LinuxReceiver implements OsReceiver {
     for (;;) {
       flushPendingSenders();
       if (pendingSenders.size === 0) {
-        const message = this.#receive(true);
+        const message = this.#receive(true, borrow);
         if (message !== undefined) return message;
         continue;
       }
       // Our own queued sends may be what the peer waits for: keep flushing
       // them while we wait.
-      const message = this.#receive(false);
+      const message = this.#receive(false, borrow);
       if (message !== undefined) return message;
       waitReadableOrWritable(this.#fd, [...pendingSenders]);
     }

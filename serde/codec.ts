@@ -140,7 +140,9 @@ export class Codec<Outgoing, Incoming extends Closeable> {
       int64AsType: "bigint",
       // Decoded byte arrays are copies, aligned at offset 0 of their own
       // buffer: views into the message would save a copy but surprise
-      // anyone who reinterprets `.buffer` (measured: a test did).
+      // anyone who reinterprets `.buffer` (measured: a test did). Receivers
+      // rely on it too: a decoded value never aliases the message bytes,
+      // so they may lend their receive buffer for a decode.
       copyBuffers: true,
       writeFunction: () => {
         throw unsupported("a function");
