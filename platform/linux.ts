@@ -428,6 +428,8 @@ interface Packet {
   owned: number[];
   /** Returns the queue memory holding `body`, once sent or dropped. */
   release?: () => void;
+  /** The address of `body` when known (queue memory), saving a lookup. */
+  address?: bigint;
   size: number;
 }
 
@@ -481,7 +483,13 @@ function transmit(fd: number, packet: Packet): number {
     sendHeaderView.setUint32(MSGHDR.iovlen, 1, true);
   } else {
     sendIovecView.setUint32(8, headerLength, true);
-    sendIovecView.setBigUint64(16, addressOf(body), true);
+    sendIovecView.setBigUint64(
+      16,
+      body === packet.body && packet.address !== undefined
+        ? packet.address
+        : addressOf(body),
+      true,
+    );
     sendIovecView.setUint32(24, body.length, true);
     sendHeaderView.setUint32(MSGHDR.iovlen, 2, true);
   }
@@ -613,39 +621,48 @@ function learnInlineLimit(fd: number): void {
 /**
  * Memory for queued message bodies: 1 MiB chunks handed out in order and
  * recycled once every body in them has been sent. On this machine a fresh
- * 64 KiB buffer costs ~20 µs of page faults, against ~2 µs to copy into
- * memory already touched.
+ * 64 KiB buffer costs ~9 µs (zeroing it, plus page faults whenever glibc
+ * has trimmed the heap), against ~2 µs to copy into memory already touched.
  */
 class QueueMemory {
   static readonly CHUNK = 1 << 20;
   static readonly KEEP = 4;
-  #free: Uint8Array[] = [];
-  #current: { buffer: Uint8Array; used: number; live: number } | undefined;
+  /** Recycled chunks, with their addresses: asking Deno for a buffer's
+   * address costs ~0.8 µs, a tenth of sending a queued 64 KiB body. */
+  #free: { buffer: Uint8Array; address: bigint }[] = [];
+  #current:
+    | { buffer: Uint8Array; address: bigint; used: number; live: number }
+    | undefined;
 
-  copy(data: Uint8Array): { bytes: Uint8Array; release?: () => void } {
+  copy(
+    data: Uint8Array,
+  ): { bytes: Uint8Array; address?: bigint; release?: () => void } {
     if (data.length === 0) return { bytes: data };
     if (data.length > QueueMemory.CHUNK / 4) return { bytes: data.slice() };
     let chunk = this.#current;
     if (chunk === undefined || chunk.used + data.length > chunk.buffer.length) {
-      chunk = {
-        buffer: this.#free.pop() ?? new Uint8Array(QueueMemory.CHUNK),
-        used: 0,
-        live: 0,
-      };
+      let free = this.#free.pop();
+      if (free === undefined) {
+        const buffer = new Uint8Array(QueueMemory.CHUNK);
+        free = { buffer, address: addressOf(buffer) };
+      }
+      chunk = { ...free, used: 0, live: 0 };
       this.#current = chunk;
     }
     const bytes = chunk.buffer.subarray(chunk.used, chunk.used + data.length);
     bytes.set(data);
+    const address = chunk.address + BigInt(chunk.used);
     chunk.used += data.length;
     chunk.live++;
     const owner = chunk;
     return {
       bytes,
+      address,
       release: () => {
         if (--owner.live > 0) return;
         if (owner === this.#current) owner.used = 0;
         else if (this.#free.length < QueueMemory.KEEP) {
-          this.#free.push(owner.buffer);
+          this.#free.push({ buffer: owner.buffer, address: owner.address });
         }
       },
     };
@@ -829,6 +846,7 @@ class LinuxSender implements OsSender {
       ...packet,
       body: copy.bytes,
       release: copy.release,
+      address: copy.address,
       fds: [...owned, ...packet.owned],
       owned: [...owned, ...packet.owned],
       size: packet.size,
