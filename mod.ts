@@ -108,6 +108,14 @@ function decode<T>(message: OsMessage): T {
   return codec().decode(message.data, message.handles) as T;
 }
 
+/**
+ * For `recvSync(LEND)` and `tryRecv(LEND)`: the message may be a view into
+ * the platform's receive buffer, so it must be decoded before anything else
+ * receives. The codec copies every byte array it returns, so the decoded
+ * value never aliases it; the saving is a copy of each body.
+ */
+const LEND = true;
+
 function bytesOf(message: OsMessage): Uint8Array {
   for (const handle of message.handles) handle.close();
   return ownedBytes(message.data);
@@ -354,7 +362,7 @@ export class IpcReceiver<T> {
    * ```
    */
   recvSync(): T {
-    return decode<T>(this.#slot.get("receiver").recvSync());
+    return decode<T>(this.#slot.get("receiver").recvSync(LEND));
   }
 
   /**
@@ -374,7 +382,7 @@ export class IpcReceiver<T> {
    * ```
    */
   tryRecv(): T {
-    const message = this.#slot.get("receiver").tryRecv();
+    const message = this.#slot.get("receiver").tryRecv(LEND);
     if (message === undefined) throw empty();
     return decode<T>(message);
   }

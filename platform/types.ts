@@ -161,10 +161,18 @@ export interface OsSender {
 
 /** The receiving end of an OS channel. */
 export interface OsReceiver {
-  /** A message if one is waiting, else undefined. Throws "Disconnected". */
-  tryRecv(): OsMessage | undefined;
-  /** Blocks the thread until a message arrives. */
-  recvSync(): OsMessage;
+  /**
+   * A message if one is waiting, else undefined. Throws "Disconnected".
+   *
+   * With `borrow`, the message's `data` may instead be a view into the
+   * platform's receive buffer, valid only until the next receive in this
+   * process: for a caller that decodes it at once into values that copy
+   * what they keep, which saves copying the body out. A platform may ignore
+   * the flag (owned data is always allowed).
+   */
+  tryRecv(borrow?: boolean): OsMessage | undefined;
+  /** Blocks the thread until a message arrives; `borrow` as for `tryRecv`. */
+  recvSync(borrow?: boolean): OsMessage;
   /** Waits without blocking the event loop or holding a thread per call. */
   recv(options?: OsWaitOptions): Promise<OsMessage>;
   /** Releases the handle; pending `recv` calls reject with kind "Closed". */
@@ -226,9 +234,12 @@ export interface OsPlatform {
   receiverSet(): OsReceiverSet;
 }
 
-/** `bytes` as a buffer of its own (offset 0, exact length): a copy if needed. */
+/**
+ * `bytes` as a buffer of its own (offset 0, exact length): a copy if needed
+ * (through the constructor, which unlike `slice()` does not zero it first).
+ */
 export function ownedBytes(bytes: Uint8Array): Uint8Array {
   return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength
     ? bytes
-    : bytes.slice();
+    : new Uint8Array(bytes);
 }

@@ -287,6 +287,44 @@ Deno.test("received buffers are independent copies the receiver owns", async () 
   await settled();
 });
 
+Deno.test("what recvSync and tryRecv decode outlives the next receive", async () => {
+  // Bodies above the batching size arrive one per packet, each decoded
+  // straight from the receive buffer: nothing decoded may alias it.
+  interface Big {
+    bytes: Uint8Array;
+    floats: Float64Array;
+    raw: ArrayBuffer;
+    text: string;
+  }
+  const big = (fill: number): Big => ({
+    bytes: new Uint8Array(16 * 1024).fill(fill),
+    floats: new Float64Array(1024).fill(fill),
+    raw: new Uint8Array(4096).fill(fill).buffer,
+    text: String.fromCharCode(0x61 + fill).repeat(10_000),
+  });
+  const check = (got: Big, fill: number) => {
+    equal(got.bytes.byteOffset, 0);
+    equal(got.bytes.buffer.byteLength, got.bytes.length);
+    ok(got.bytes.every((b) => b === fill));
+    ok(got.floats.every((f) => f === fill));
+    ok(new Uint8Array(got.raw).every((b) => b === fill));
+    equal(got.text, String.fromCharCode(0x61 + fill).repeat(10_000));
+  };
+  const [tx, rx] = channel<Big>();
+  for (let i = 1; i <= 4; i++) tx.send(big(i));
+  const first = rx.recvSync();
+  const second = rx.tryRecv();
+  const third = rx.recvSync();
+  const fourth = rx.tryRecv();
+  check(first, 1);
+  check(second, 2);
+  check(third, 3);
+  check(fourth, 4);
+  tx.close();
+  rx.close();
+  await settled();
+});
+
 Deno.test("endpoints of all six kinds travel at depth and work on arrival", async () => {
   const [tx, rx] = channel<{
     level: {
