@@ -18,10 +18,7 @@
 // An inline npm: specifier (not an import-map entry) so that the module
 // resolves the same from JSR, from a URL, or from a local path.
 import { addExtension, Packr } from "npm:msgpackr@^1.12.1/pack";
-import * as msgpackrUnpack from "npm:msgpackr@^1.12.1/unpack";
 
-/** msgpackr's marker for the byte 0xC1 (exported, but not in its types). */
-const C1: unknown = (msgpackrUnpack as Record<string, unknown>).C1;
 import { IpcError } from "../platform/types.ts";
 
 /** msgpackr's pack() flag: rewind after packing, so the next message reuses
@@ -104,6 +101,18 @@ const PLAIN_VIEWS = new Set<unknown>([
 ]);
 /** msgpackr's extension for typed arrays, ArrayBuffer and DataView. */
 const EXTENSION_TYPED_ARRAY = 0x74;
+/** msgpackr's extensions for undefined, bigints, Set and Date. */
+const EXTENSION_UNDEFINED = 0x00;
+const EXTENSION_BIGINT = 0x42;
+const EXTENSION_SET = 0x73;
+const EXTENSION_TIMESTAMP = 0xff;
+
+/** How an extension type may appear in a message; see {@linkcode checkClaims}. */
+const REFUSED = 0;
+/** Its data is all there is. */
+const PAYLOAD = 1;
+/** A tag: one more value follows it (a `write`/`read` extension, Set). */
+const TAG = 2;
 const CODE_ARRAY_BUFFER = 16;
 const CODE_DATA_VIEW = 17;
 
@@ -151,6 +160,10 @@ export class Codec<Outgoing, Incoming extends Closeable> {
   #outgoing: Outgoing[] | undefined;
   #incoming: (Incoming | undefined)[] | undefined;
   #adopted: Closeable[] = [];
+  /** A view over the whole buffer the last batched message came in. */
+  #whole: Uint8Array | undefined;
+  /** What each extension type is, for the walk before decoding. */
+  readonly #extensions = new Uint8Array(256);
 
   /** @param types the endpoint classes, in a fixed order (it is the wire tag) */
   constructor(
@@ -233,7 +246,25 @@ export class Codec<Outgoing, Incoming extends Closeable> {
         return object;
       },
     });
+    for (
+      const type of [
+        EXTENSION_UNDEFINED,
+        EXTENSION_BIGINT,
+        EXTENSION_TIMESTAMP,
+        EXTENSION_TYPED_ARRAY,
+      ]
+    ) this.#extensions[type] = PAYLOAD;
+    for (
+      const type of [
+        EXTENSION_SET,
+        EXTENSION_NEGATIVE_ZERO,
+        EXTENSION_MAP,
+        EXTENSION_FLOAT16,
+        EXTENSION_PROTO_KEYED,
+      ]
+    ) this.#extensions[type] = TAG;
     types.forEach((type, i) => {
+      this.#extensions[EXTENSION_FIRST_HANDLE + i] = TAG;
       this.#endpointPrototypes.add(type.Class.prototype);
       addExtension({
         // msgpackr only tests `instanceof`, which a private constructor passes.
@@ -418,6 +449,30 @@ export class Codec<Outgoing, Incoming extends Closeable> {
   }
 
   /**
+   * msgpackr on `bytes`. A message that is a view into a larger buffer (the
+   * messages of one batch packet share one) is read as a range of a view
+   * over the whole buffer, kept while the buffer is: msgpackr makes and
+   * attaches a DataView to every source it is given, which was most of its
+   * cost per small message.
+   */
+  #unpack(bytes: Uint8Array): unknown {
+    const { buffer, byteOffset, byteLength } = bytes;
+    if (
+      byteLength === 0 ||
+      (byteOffset === 0 && byteLength === buffer.byteLength)
+    ) {
+      return this.#packr.unpack(bytes);
+    }
+    if (this.#whole?.buffer !== buffer) {
+      this.#whole = new Uint8Array(buffer);
+    }
+    return this.#packr.unpack(this.#whole, {
+      start: byteOffset,
+      end: byteOffset + byteLength,
+    });
+  }
+
+  /**
    * Decodes `bytes`, adopting the handles the value refers to and closing the
    * rest. On failure every handle, adopted or not, is released.
    */
@@ -425,18 +480,8 @@ export class Codec<Outgoing, Incoming extends Closeable> {
     this.#incoming = handles.length === 0 ? NO_HANDLES : [...handles];
     this.#adopted = [];
     try {
-      checkClaims(bytes);
-      const value = this.#packr.unpack(bytes);
-      // msgpackr turns the never-used byte 0xC1 into a marker object instead
-      // of failing. Walking the value (typed arrays are leaves) is cheaper
-      // than scanning the bytes for 0xC1.
-      if (containsNeverUsed(value, 0)) {
-        throw new IpcError(
-          "Serialization",
-          "cannot decode the message: it holds the never-used MessagePack byte 0xC1",
-        );
-      }
-      return value;
+      checkClaims(bytes, this.#extensions);
+      return this.#unpack(bytes);
     } catch (error) {
       for (const endpoint of this.#adopted) endpoint.close();
       if (error instanceof IpcError) throw error;
@@ -456,24 +501,34 @@ export class Codec<Outgoing, Incoming extends Closeable> {
 }
 
 /**
- * Refuses MessagePack whose headers claim more than its bytes can hold,
- * before msgpackr sees it. msgpackr preallocates `new Array(count)` for an
- * array header (and, in a short input, an array of a string's code units)
- * before it reads one element: five bytes claiming 30 million elements cost
- * 150 MiB and 170 ms (measured). Every item takes at least one byte, so in a
- * well-formed message the items still owed never outnumber the bytes left.
+ * Walks the MessagePack in `bytes` before msgpackr sees it, and refuses what
+ * it must not be given:
  *
- * `owed` may undercount (an extension whose value follows its marker owes
- * one item this walk does not see), never overcount: it rejects only what
- * cannot be well-formed.
+ * - headers that claim more than the bytes hold. msgpackr preallocates
+ *   `new Array(count)` for an array header (and, in a short input, an array
+ *   of a string's code units) before it reads one element: five bytes
+ *   claiming 30 million elements cost 150 MiB and 170 ms (measured). Every
+ *   item takes at least one byte, so the items still owed never outnumber
+ *   the bytes left;
+ * - extension types this codec never writes (msgpackr's records, bundled
+ *   strings, errors, regular expressions…), some of which read at positions
+ *   taken from the data, and tags (`extensions[type] === TAG`) are counted
+ *   with the value that follows them. msgpackr therefore never reads past the
+ *   message, which matters when it is a range of a larger buffer;
+ * - the never-used byte 0xC1 (msgpackr decodes it as a marker object).
+ *
+ * It visits exactly the type bytes msgpackr will read and skips payloads.
  */
-function checkClaims(bytes: Uint8Array): void {
+function checkClaims(bytes: Uint8Array, extensions: Uint8Array): void {
   const end = bytes.length;
   let at = 0;
   let owed = 1;
   while (at < end) {
+    if (owed === 0) refuse("bytes after the value");
+    owed--;
     const byte = bytes[at++];
     let count = 0;
+    let extension = -1;
     if (byte < 0x80 || byte >= 0xe0) {
       // fixint
     } else if (byte < 0x90) count = 2 * (byte & 0x0f);
@@ -494,13 +549,24 @@ function checkClaims(bytes: Uint8Array): void {
           at += 4 + uint32(bytes, at);
           break;
         case 0xc7: // ext 8: length, type, data
+          extension = bytes[at + 1];
           at += 2 + bytes[at];
           break;
         case 0xc8:
+          extension = bytes[at + 2];
           at += 3 + uint16(bytes, at);
           break;
         case 0xc9:
+          extension = bytes[at + 4];
           at += 5 + uint32(bytes, at);
+          break;
+        case 0xd4: // fixext 1, 2, 4, 8, 16: type, data
+        case 0xd5:
+        case 0xd6:
+        case 0xd7:
+        case 0xd8:
+          extension = bytes[at];
+          at += 1 + (1 << (byte - 0xd4));
           break;
         case 0xcc: // uint 8, int 8
         case 0xd0:
@@ -508,30 +574,17 @@ function checkClaims(bytes: Uint8Array): void {
           break;
         case 0xcd:
         case 0xd1:
-        case 0xd4: // fixext 1: type, data
           at += 2;
-          break;
-        case 0xd5:
-          at += 3;
           break;
         case 0xca: // float 32, uint 32, int 32
         case 0xce:
         case 0xd2:
           at += 4;
           break;
-        case 0xd6:
-          at += 5;
-          break;
         case 0xcb: // float 64, uint 64, int 64
         case 0xcf:
         case 0xd3:
           at += 8;
-          break;
-        case 0xd7:
-          at += 9;
-          break;
-        case 0xd8:
-          at += 17;
           break;
         case 0xdc: // array 16, array 32, map 16, map 32
           count = uint16(bytes, at);
@@ -549,18 +602,32 @@ function checkClaims(bytes: Uint8Array): void {
           count = 2 * uint32(bytes, at);
           at += 4;
           break;
-        default: // nil, 0xC1, false, true: the byte alone
+        case 0xc1:
+          refuse("the never-used MessagePack byte 0xC1");
+          break;
+        default: // nil, false, true: the byte alone
       }
     }
-    owed = Math.max(owed - 1, 0) + count;
+    if (extension !== -1) {
+      // undefined (a type byte past the end) reads as REFUSED too.
+      const kind = extensions[extension] ?? REFUSED;
+      if (kind === REFUSED) refuse(`an extension of type ${extension}`);
+      if (kind === TAG) count = 1;
+    }
+    owed += count;
     // NaN (a length byte past the end) fails `at <= end` too.
     if (!(at <= end) || owed > end - at) {
-      throw new IpcError(
-        "Serialization",
-        `cannot decode the message: a MessagePack header claims more than the ${end} bytes of the message hold`,
-      );
+      refuse(`a header that claims more than the ${end} bytes hold`);
     }
   }
+  if (owed !== 0) refuse("no complete value");
+}
+
+function refuse(what: string): never {
+  throw new IpcError(
+    "Serialization",
+    `cannot decode the message: it holds ${what}`,
+  );
 }
 
 function uint16(bytes: Uint8Array, at: number): number {
@@ -570,33 +637,4 @@ function uint16(bytes: Uint8Array, at: number): number {
 function uint32(bytes: Uint8Array, at: number): number {
   return (bytes[at] * 2 ** 24 + (bytes[at + 1] << 16 | bytes[at + 2] << 8 |
     bytes[at + 3])) >>> 0;
-}
-
-function containsNeverUsed(value: unknown, depth: number): boolean {
-  if (value === C1) return true;
-  if (typeof value !== "object" || value === null || depth > MAX_DEPTH) {
-    return false;
-  }
-  if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return false;
-  if (value instanceof Map) {
-    for (const [key, child] of value) {
-      if (
-        containsNeverUsed(key, depth + 1) || containsNeverUsed(child, depth + 1)
-      ) return true;
-    }
-    return false;
-  }
-  if (value instanceof Set) {
-    for (const child of value) {
-      if (containsNeverUsed(child, depth + 1)) return true;
-    }
-    return false;
-  }
-  // for-in over what msgpackr built: plain objects and arrays (no garbage
-  // array per object, unlike Object.values).
-  const record = value as Record<string, unknown>;
-  for (const key in record) {
-    if (containsNeverUsed(record[key], depth + 1)) return true;
-  }
-  return false;
 }

@@ -568,6 +568,62 @@ Deno.test("fuzz: lying MessagePack length headers are refused fast without alloc
   }
 });
 
+Deno.test("fuzz: a message that is a range of a larger buffer is never read past its end", () => {
+  // The messages of a batch packet are views into one buffer, and the
+  // decoder reads each as a range of it: what follows a message (here, a
+  // lying array header) must stay out of reach of the one before.
+  const codec = new Codec<never, never>([]);
+  const NEXT = [0xdd, 0x01, 0xc9, 0xc3, 0x80]; // array32 of 30 million
+  const cut: [string, number[]][] = [
+    ["a Map tag with its value in the next message", [0xd4, 0x11, 0x00]],
+    ["a Set tag with its value in the next message", [0xd4, 0x73, 0x00]],
+    ["an array missing its last item", [0x92, 0x01]],
+    ["a str8 running into the next message", [0xd9, 0x10, 0x41]],
+  ];
+  for (const [what, message] of cut) {
+    const buffer = new Uint8Array([0x00, ...message, ...NEXT, 0x00]);
+    const before = heap();
+    let error: unknown;
+    try {
+      codec.decode(buffer.subarray(1, 1 + message.length), []);
+    } catch (e) {
+      error = e;
+    }
+    ok(error instanceof IpcError, `${what}: threw ${error}`);
+    equal((error as IpcError).kind, "Serialization", what);
+    ok(
+      heap() - before < 16 * 2 ** 20,
+      `${what}: the heap grew by ${heap() - before} bytes`,
+    );
+  }
+  // A well-formed range decodes, whatever lies around it.
+  const buffer = new Uint8Array([...NEXT, 0x92, 0x01, 0x02, ...NEXT]);
+  deepStrictEqual(codec.decode(buffer.subarray(5, 8), []), [1, 2]);
+});
+
+Deno.test("fuzz: extensions the codec never writes are refused", () => {
+  const codec = new Codec<never, never>([]);
+  const foreign: [string, number[]][] = [
+    // Bundled strings read at a position taken from their data.
+    ["msgpackr bundled strings", [0xd6, 0x62, 0x00, 0x00, 0x10, 0x00, 0xc0]],
+    ["msgpackr record definition", [0xd4, 0x72, 0x40, 0x90]],
+    ["an Error", [0xd4, 0x65, 0x00, 0x93, 0xa1, 0x45, 0xa1, 0x6d, 0xc0]],
+    ["a RegExp", [0xd4, 0x78, 0x00, 0x92, 0xa1, 0x61, 0xa0]],
+    ["an unknown type", [0xd4, 0x33, 0x00]],
+  ];
+  for (const [what, bytes] of foreign) {
+    let error: unknown;
+    let value: unknown;
+    try {
+      value = codec.decode(new Uint8Array(bytes), []);
+    } catch (e) {
+      error = e;
+    }
+    ok(error instanceof IpcError, `${what}: decoded as ${value}`);
+    equal((error as IpcError).kind, "Serialization", what);
+  }
+});
+
 // ---------------------------------------------------------------------------
 // The frame parser, through a real socket.
 
