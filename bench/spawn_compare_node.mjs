@@ -1,13 +1,13 @@
 // The Node side of spawn_compare.ts, run by the `node` binary: forks
 // spawn_compare_node_child.mjs with child_process.fork() and times, in this
 // process, spawn + first round trip, round trips, and one-way throughput.
-// Usage: node spawn_compare_node.mjs <json|advanced> <spawns> <warmup> <roundTrips> <messages>
+// Usage: node spawn_compare_node.mjs <json|advanced> <spawns> <warmup> <roundTrips> <messages> <warmupMessages>
 // Prints one JSON object on stdout.
 
 import { fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
-const [serialization, spawns, warmup, roundTrips, messages] = [
+const [serialization, spawns, warmup, roundTrips, messages, warmupMessages] = [
   process.argv[2],
   ...process.argv.slice(3).map(Number),
 ];
@@ -78,7 +78,7 @@ const stream = async (count) => {
   if (reply.done !== count) throw new Error("bad done");
   return count / ((performance.now() - begin) / 1000);
 };
-await stream(Math.min(messages, 5000));
+await stream(warmupMessages);
 const rate = await stream(messages);
 
 child.send({ op: "exit", n: 0 });

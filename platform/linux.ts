@@ -551,8 +551,18 @@ function appendToBatch(packet: Packet, data: Uint8Array): boolean {
     grown.set(batch.buffer.subarray(0, batch.used));
     batch.buffer = grown;
   }
-  new DataView(batch.buffer.buffer).setUint32(batch.used, data.length, true);
-  batch.buffer.set(data, batch.used + 4);
+  // Byte stores and, for a small body, a loop: a DataView and set() per
+  // message were 18% of a producer's profile streaming 8-byte messages.
+  const buffer = batch.buffer;
+  const at = batch.used;
+  const length = data.length;
+  buffer[at] = length;
+  buffer[at + 1] = length >>> 8;
+  buffer[at + 2] = length >>> 16;
+  buffer[at + 3] = length >>> 24;
+  if (length <= 64) {
+    for (let i = 0; i < length; i++) buffer[at + 4 + i] = data[i];
+  } else buffer.set(data, at + 4);
   batch.used = end;
   batch.count++;
   packet.size += data.length;
