@@ -94,36 +94,27 @@ export function kernel32(): Deno.DynamicLibrary<typeof symbols>["symbols"] {
 // under Wine that code was seen to overwrite it (issue 6: a pending WriteFile
 // read back as error 1150, ERROR_OLD_WIN_VERSION, which is what a failed
 // VerifyVersionInfoW leaves, a call deno.exe makes).
+/** NtReadFile and NtWriteFile: (handle, event, apc, apc context,
+ * IO_STATUS_BLOCK, buffer, length, byte offset, key) -> NTSTATUS. */
+const NT_READ_OR_WRITE = {
+  parameters: [
+    "isize",
+    "isize",
+    "pointer",
+    "pointer",
+    "pointer",
+    "pointer",
+    "u32",
+    "pointer",
+    "pointer",
+  ],
+  result: "u32",
+} as const;
+
 const ntdllSymbols = {
   RtlNtStatusToDosError: { parameters: ["u32"], result: "u32" },
-  NtReadFile: {
-    parameters: [
-      "isize",
-      "isize",
-      "pointer",
-      "pointer",
-      "pointer",
-      "pointer",
-      "u32",
-      "pointer",
-      "pointer",
-    ],
-    result: "u32",
-  },
-  NtWriteFile: {
-    parameters: [
-      "isize",
-      "isize",
-      "pointer",
-      "pointer",
-      "pointer",
-      "pointer",
-      "u32",
-      "pointer",
-      "pointer",
-    ],
-    result: "u32",
-  },
+  NtReadFile: NT_READ_OR_WRITE,
+  NtWriteFile: NT_READ_OR_WRITE,
   NtFsControlFile: {
     parameters: [
       "isize",
