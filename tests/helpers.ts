@@ -291,29 +291,34 @@ export function fdTest(
   });
 }
 
-/**
- * The `ps` state of a process (`"S"`, `"R"`, `"Z"` for a zombie…), or
- * undefined once it is gone and reaped. Through `ps`, because Deno asks for
- * --allow-all before it reads another process's /proc entry.
- */
-export async function processState(pid: number): Promise<string | undefined> {
+/** `ps` with `args`: its exit code and what it printed, trimmed. Through
+ * `ps`, because Deno asks for --allow-all before it reads another process's
+ * /proc entry. */
+async function ps(args: string[]): Promise<{ code: number; text: string }> {
   const { code, stdout } = await new Deno.Command("ps", {
-    args: ["-o", "stat=", "-p", String(pid)],
+    args,
     stdout: "piped",
     stderr: "null",
   }).output();
-  const state = new TextDecoder().decode(stdout).trim();
-  return code === 0 && state !== "" ? state : undefined;
+  return { code, text: new TextDecoder().decode(stdout).trim() };
 }
 
-/** Pids of the live children of `pid`, through `ps` (see processState). */
+/**
+ * The `ps` state of a process (`"S"`, `"R"`, `"Z"` for a zombie…), or
+ * undefined once it is gone and reaped.
+ */
+export async function processState(pid: number): Promise<string | undefined> {
+  const { code, text } = await ps(["-o", "stat=", "-p", String(pid)]);
+  return code === 0 && text !== "" ? text : undefined;
+}
+
+/** Pids of the live children of `pid`. */
 export async function childPids(pid: number): Promise<number[]> {
-  const { stdout } = await new Deno.Command("ps", {
-    args: ["-o", "pid=", "--ppid", String(pid)],
-    stdout: "piped",
-    stderr: "null",
-  }).output();
-  return new TextDecoder().decode(stdout).split(/\s+/).filter(Boolean).map(
-    Number,
-  );
+  const { text } = await ps(["-o", "pid=", "--ppid", String(pid)]);
+  return text.split(/\s+/).filter(Boolean).map(Number);
+}
+
+/** The command line of a process, as another user would see it with `ps`. */
+export async function commandLine(pid: number): Promise<string> {
+  return (await ps(["-o", "args=", "-p", String(pid)])).text;
 }

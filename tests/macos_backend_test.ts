@@ -40,6 +40,19 @@ const bytes = (...values: number[]) => new Uint8Array(values);
 /** A wait that never comes fails the test rather than hanging it. */
 const soon = { timeoutMs: 5000 };
 
+/**
+ * Two processes, A connected to a server in B: A's sender `toB`, B's
+ * accepted connection, and the listener. `queueLimit` caps every port's queue.
+ */
+async function linked(queueLimit?: number) {
+  const { world, procs: [a, b] } = processes(2);
+  if (queueLimit !== undefined) world.maxQueueLimit = queueLimit;
+  const listener = b.backend.platform.listen();
+  const toB = a.backend.platform.connect(listener.name);
+  const accepted = await listener.accept(soon);
+  return { world, a, b, listener, toB, accepted };
+}
+
 /** The ledger and the kernel hold the same rights under the same names. */
 function assertAgree({ task, backend }: Process): void {
   const ledger = backend.rights.ledger;
@@ -221,10 +234,7 @@ Deno.test("backend over a fake kernel: handles between two processes, through a 
 });
 
 Deno.test("backend over a fake kernel: a receiver closed with unread messages that carry rights", async () => {
-  const { world, procs: [a, b] } = processes(2);
-  const listener = b.backend.platform.listen();
-  const toB = a.backend.platform.connect(listener.name);
-  const accepted = await listener.accept(soon);
+  const { world, a, b, listener, toB, accepted } = await linked();
   const [innerTx, innerRx] = a.backend.platform.channel();
   const shm = a.backend.platform.sharedMemory(10);
   toB.send(bytes(1), [innerTx, innerRx, shm]);
@@ -278,11 +288,7 @@ Deno.test("backend over a fake kernel: no-senders ends a pending recv, and a set
 });
 
 Deno.test("backend over a fake kernel: full queues wait in user space and own their rights", async () => {
-  const { world, procs: [a, b] } = processes(2);
-  world.maxQueueLimit = 2;
-  const listener = b.backend.platform.listen();
-  const toB = a.backend.platform.connect(listener.name);
-  const accepted = await listener.accept(soon);
+  const { world, a, b, listener, toB, accepted } = await linked(2);
   const [innerTx, innerRx] = a.backend.platform.channel();
   const sent: OsSender[] = [];
   const big = new Uint8Array(100_000).fill(7);
@@ -317,10 +323,7 @@ Deno.test("backend over a fake kernel: full queues wait in user space and own th
 });
 
 Deno.test("backend over a fake kernel: large bodies go out of line and the region is released", async () => {
-  const { world, procs: [a, b] } = processes(2);
-  const listener = b.backend.platform.listen();
-  const toB = a.backend.platform.connect(listener.name);
-  const accepted = await listener.accept(soon);
+  const { world, a, b, listener, toB, accepted } = await linked();
   const big = new Uint8Array(300_000).map((_, i) => i % 251);
   toB.send(big, []);
   assertAgree(b);
@@ -371,11 +374,7 @@ Deno.test("backend over a fake kernel: MACH_SEND_TOO_LARGE sends the body out of
 });
 
 Deno.test("backend over a fake kernel: a peer dies while our queue waits for room", async () => {
-  const { world, procs: [a, b] } = processes(2);
-  world.maxQueueLimit = 2;
-  const listener = b.backend.platform.listen();
-  const toB = a.backend.platform.connect(listener.name);
-  const accepted = await listener.accept(soon);
+  const { world, a, b, listener, toB, accepted } = await linked(2);
   const [innerTx, innerRx] = a.backend.platform.channel();
   for (let i = 0; i < 5; i++) toB.send(bytes(i), [innerTx]);
   ok(toB.bufferedAmount > 0);

@@ -7,6 +7,7 @@ import {
 } from "node:assert/strict";
 import { channel, connectToParent, type IpcReceiver, spawn } from "../mod.ts";
 import {
+  commandLine,
   fdBaseline,
   fdTest,
   fixture,
@@ -145,13 +146,9 @@ Deno.test(
     equal(report.pid, child.pid);
     ok(report.name.length > 0);
     equal(report.envAfter, undefined, "connectToParent removes the name");
-    const { stdout } = await new Deno.Command("ps", {
-      args: ["-o", "args=", "-p", String(child.pid)],
-      stdout: "piped",
-    }).output();
-    const commandLine = new TextDecoder().decode(stdout);
-    ok(commandLine.includes("spawn_impostor.ts"), commandLine);
-    ok(!commandLine.includes(report.name), commandLine);
+    const line = await commandLine(child.pid);
+    ok(line.includes("spawn_impostor.ts"), line);
+    ok(!line.includes(report.name), line);
   },
 );
 
