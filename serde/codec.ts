@@ -457,10 +457,7 @@ export class Codec<Outgoing, Incoming extends Closeable> {
    */
   #unpack(bytes: Uint8Array): unknown {
     const { buffer, byteOffset, byteLength } = bytes;
-    if (
-      byteLength === 0 ||
-      (byteOffset === 0 && byteLength === buffer.byteLength)
-    ) {
+    if (byteOffset === 0 && byteLength === buffer.byteLength) {
       return this.#packr.unpack(bytes);
     }
     if (this.#whole?.buffer !== buffer) {
