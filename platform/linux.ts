@@ -1153,6 +1153,11 @@ class LinuxReceiver implements OsReceiver {
         "recvSync() called while a recv() on the same receiver is pending",
       );
     }
+    // A message already here (a batch's next, or one in the socket) costs
+    // no clock reads.
+    flushPendingSenders();
+    const ready = this.#receive(false, borrow);
+    if (ready !== undefined) return ready;
     if (poller.recentTraffic()) {
       // The answer to what we just sent is likely microseconds away: poll
       // briefly (yielding the core to the peer) before the blocking call.
