@@ -1163,10 +1163,10 @@ class LinuxReceiver implements OsReceiver {
       // briefly (yielding the core to the peer) before the blocking call.
       const start = performance.now();
       do {
+        libc().sched_yield();
         flushPendingSenders();
         const message = this.#receive(false, borrow);
         if (message !== undefined) return message;
-        libc().sched_yield();
       } while (performance.now() - start < SPIN_MS);
     }
     for (;;) {
