@@ -1290,7 +1290,12 @@ export interface SpawnOptions {
    * when neither it nor `-A` is present: the child needs it to connect.
    */
   denoArgs?: string[];
-  /** Extra environment variables for the child. */
+  /**
+   * Extra environment variables for the child. `DENO_NO_UPDATE_CHECK=1` is
+   * set unless given here: otherwise every worker would start its own
+   * background check for a new Deno release (a DNS lookup and an HTTPS
+   * fetch) and could print the upgrade notice on the shared stderr.
+   */
   env?: Record<string, string>;
   /** The child's stdin/stdout/stderr; inherited by default. */
   stdin?: "inherit" | "piped" | "null";
@@ -1354,7 +1359,11 @@ export async function spawn<Send, Recv>(
   }
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", ...denoArgs, String(module), ...(options.args ?? [])],
-    env: { ...options.env, [PARENT_ENV]: server.name },
+    env: {
+      DENO_NO_UPDATE_CHECK: "1",
+      ...options.env,
+      [PARENT_ENV]: server.name,
+    },
     stdin: options.stdin ?? "inherit",
     stdout: options.stdout ?? "inherit",
     stderr: options.stderr ?? "inherit",

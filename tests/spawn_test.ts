@@ -30,6 +30,28 @@ Deno.test("spawn connects typed channels both ways", async () => {
   await settled();
 });
 
+Deno.test("spawned workers skip Deno's release check unless env says otherwise", async () => {
+  const name = "DENO_NO_UPDATE_CHECK";
+  const inherited = Deno.env.get(name);
+  // Not inherited from the test task: the default must come from spawn.
+  Deno.env.delete(name);
+  const denoArgs = ["--allow-ffi", `--allow-env=${name}`];
+  try {
+    for (
+      const [env, expected] of [[undefined, "1"], [{ [name]: "mine" }, "mine"]]
+    ) {
+      await using child = await spawn<unknown, unknown>(ECHO, {
+        denoArgs,
+        env: env as Record<string, string> | undefined,
+      });
+      child.sender.send({ env: name });
+      equal(await child.receiver.recv(), expected);
+    }
+  } finally {
+    if (inherited !== undefined) Deno.env.set(name, inherited);
+  }
+});
+
 Deno.test("connectToParent outside spawn rejects kind Io", async () => {
   await rejects(connectToParent(), (e: Error) => {
     ipcError("Io")(e);
