@@ -36,13 +36,15 @@ Deno.test("spawned workers skip Deno's release check unless env says otherwise",
   // Not inherited from the test task: the default must come from spawn.
   Deno.env.delete(name);
   const denoArgs = ["--allow-ffi", `--allow-env=${name}`];
+  const cases: [Record<string, string> | undefined, string][] = [
+    [undefined, "1"],
+    [{ [name]: "mine" }, "mine"],
+  ];
   try {
-    for (
-      const [env, expected] of [[undefined, "1"], [{ [name]: "mine" }, "mine"]]
-    ) {
+    for (const [env, expected] of cases) {
       await using child = await spawn<unknown, unknown>(ECHO, {
         denoArgs,
-        env: env as Record<string, string> | undefined,
+        env,
       });
       child.sender.send({ env: name });
       equal(await child.receiver.recv(), expected);
