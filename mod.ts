@@ -121,6 +121,36 @@ function bytesOf(message: OsMessage): Uint8Array {
   return ownedBytes(message.data);
 }
 
+/**
+ * `message`'s body in `buffer` when it fits (the view of `buffer` that holds
+ * it), else in a buffer of its own: `message` may be lent (see LEND), so it
+ * is never returned as is.
+ */
+function bytesInto(message: OsMessage, buffer: Uint8Array): Uint8Array {
+  for (const handle of message.handles) handle.close();
+  const data = message.data;
+  if (data.length > buffer.length) return ownedBytes(data);
+  buffer.set(data);
+  return buffer.subarray(0, data.length);
+}
+
+/** Before a message is taken, so that a bad buffer loses nothing. */
+function checkIntoBuffer(buffer: Uint8Array): void {
+  if (!(buffer instanceof Uint8Array)) {
+    throw new TypeError("the buffer to receive into must be a Uint8Array");
+  }
+  try {
+    // Throws for a view of a detached (transferred) or shrunk buffer, on
+    // which set() would throw after the message was already taken.
+    buffer.subarray(0, 0);
+  } catch (cause) {
+    throw new TypeError(
+      "the buffer to receive into is detached or out of bounds",
+      { cause },
+    );
+  }
+}
+
 function empty(): IpcError {
   return new IpcError("Empty", "no message is waiting");
 }
@@ -676,6 +706,56 @@ export class IpcBytesReceiver {
    */
   recvSync(): Uint8Array {
     return bytesOf(this.#slot.get("receiver").recvSync());
+  }
+
+  /**
+   * Like {@linkcode IpcBytesReceiver.recvSync}, but the message lands in
+   * `buffer`, which a loop can reuse for every message: no allocation per
+   * message, so a stream of 64 KiB messages arrives about twice as fast (see
+   * the README's figures). Returns the view of `buffer` that holds the
+   * message. A message longer than `buffer` is not lost or cut: it comes in
+   * a new Uint8Array of its own instead, so check `result.buffer` if you
+   * want to grow yours. The view's bytes are overwritten by the next receive
+   * into the same buffer, so copy what you keep.
+   *
+   * @example A stream received into one buffer
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * tx.send(new Uint8Array([1, 2, 3]));
+   * const buffer = new Uint8Array(64 * 1024);
+   * const message = rx.recvSyncInto(buffer);
+   * console.log(message.length, message.buffer === buffer.buffer); // 3 true
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  recvSyncInto(buffer: Uint8Array): Uint8Array {
+    checkIntoBuffer(buffer);
+    return bytesInto(this.#slot.get("receiver").recvSync(LEND), buffer);
+  }
+
+  /**
+   * {@linkcode IpcBytesReceiver.tryRecv} into `buffer`, as
+   * {@linkcode IpcBytesReceiver.recvSyncInto} does; throws kind "Empty"
+   * when no message is waiting.
+   *
+   * @example
+   * ```ts
+   * import { bytesChannel } from "@ipc/channel";
+   * const [tx, rx] = bytesChannel();
+   * const buffer = new Uint8Array(16);
+   * tx.send(new Uint8Array(2));
+   * console.log(rx.tryRecvInto(buffer).length); // 2
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  tryRecvInto(buffer: Uint8Array): Uint8Array {
+    checkIntoBuffer(buffer);
+    const message = this.#slot.get("receiver").tryRecv(LEND);
+    if (message === undefined) throw empty();
+    return bytesInto(message, buffer);
   }
 
   /**
