@@ -146,6 +146,18 @@ function bytesRate(count: number, size: number): number {
   return stream_rate(count, () => stream.recvSync().length, size) * size / 1e6;
 }
 
+const intoBuffer = new Uint8Array(64 * KiB);
+
+/** As {@linkcode bytesRate}, each message received into one reused buffer. */
+function bytesIntoRate(count: number, size: number): number {
+  commands.send({ op: "bytes", count, size });
+  return stream_rate(
+    count,
+    () => stream.recvSyncInto(intoBuffer).length,
+    size,
+  ) * size / 1e6;
+}
+
 interface Row {
   key: string;
   label: string;
@@ -205,6 +217,15 @@ const rows: Row[] = [
     unit: "MB/s",
     passes: [],
     rust: "4543 / 3520 MB/s",
+    floor: "3729 / 4026 MB/s",
+    target: { value: 3000, higher: true, text: "≥ 3000 MB/s" },
+  },
+  {
+    key: "bytes64kInto",
+    label: "(d) the same into one reused buffer (`recvSyncInto`)",
+    unit: "MB/s",
+    passes: [],
+    rust: "–",
     floor: "3729 / 4026 MB/s",
     target: { value: 3000, higher: true, text: "≥ 3000 MB/s" },
   },
@@ -317,6 +338,7 @@ await roundTripsAsync(WARMUP_ROUND_TRIPS);
 smallRate(10_000);
 blobRate(500, 64 * KiB);
 bytesRate(500, 64 * KiB);
+bytesIntoRate(500, 64 * KiB);
 bytesRate(20, 16 * MiB);
 
 for (let pass = 1; pass <= PASSES; pass++) {
@@ -337,6 +359,7 @@ for (let pass = 1; pass <= PASSES; pass++) {
   const streams: [string, number, () => number][] = [
     ["small", 100_000, () => smallRate(100_000)],
     ["bytes64k", 10_000, () => bytesRate(10_000, 64 * KiB)],
+    ["bytes64kInto", 10_000, () => bytesIntoRate(10_000, 64 * KiB)],
     ["blob64k", 10_000, () => blobRate(10_000, 64 * KiB)],
     ["bytes1m", 1_000, () => bytesRate(1_000, MiB)],
     ["bytes16m", 64, () => bytesRate(64, 16 * MiB)],
