@@ -121,34 +121,60 @@ function bytesOf(message: OsMessage): Uint8Array {
   return ownedBytes(message.data);
 }
 
+// A receive buffer is the caller's object: a subclass or a Proxy could
+// override `set`, `length` or `subarray` and be handed the lent view (see
+// LEND), or throw once the message is taken. So it is only ever read through
+// %TypedArray%.prototype's own methods, captured before any caller runs.
+const typedArrayPrototype = Object.getPrototypeOf(Uint8Array.prototype);
+function intrinsic(name: PropertyKey): (this: unknown) => unknown {
+  return Object.getOwnPropertyDescriptor(typedArrayPrototype, name)!.get!;
+}
+const tagOf = intrinsic(Symbol.toStringTag);
+const lengthOf = intrinsic("length") as (this: Uint8Array) => number;
+const byteOffsetOf = intrinsic("byteOffset") as (this: Uint8Array) => number;
+const bufferOf = intrinsic("buffer") as (this: Uint8Array) => ArrayBufferLike;
+const setBytes = typedArrayPrototype.set as (
+  this: Uint8Array,
+  source: Uint8Array,
+  offset?: number,
+) => void;
+const NO_BYTES = new Uint8Array(0);
+
 /**
- * `message`'s body in `buffer` when it fits (the view of `buffer` that holds
- * it), else in a buffer of its own: `message` may be lent (see LEND), so it
- * is never returned as is.
+ * Before a message is taken, so that a bad buffer loses nothing: `buffer`
+ * must really be a Uint8Array (of any realm), and in bounds.
+ */
+function checkIntoBuffer(buffer: Uint8Array, method: string): void {
+  if (tagOf.call(buffer) !== "Uint8Array") {
+    throw new TypeError(`IpcBytesReceiver.${method} takes a Uint8Array`);
+  }
+  try {
+    // Throws for a view of a detached (transferred) buffer, or one that a
+    // resizable buffer's shrinking left out of bounds.
+    setBytes.call(buffer, NO_BYTES);
+  } catch (cause) {
+    throw new TypeError(
+      `IpcBytesReceiver.${method}: the buffer is detached or out of bounds`,
+      { cause },
+    );
+  }
+}
+
+/**
+ * `message`'s body in `buffer` when it fits (a new view of `buffer`'s memory
+ * that holds it), else in a buffer of its own: `message` may be lent (see
+ * LEND), so it is never returned as is. `buffer` passed checkIntoBuffer.
  */
 function bytesInto(message: OsMessage, buffer: Uint8Array): Uint8Array {
   for (const handle of message.handles) handle.close();
   const data = message.data;
-  if (data.length > buffer.length) return ownedBytes(data);
-  buffer.set(data);
-  return buffer.subarray(0, data.length);
-}
-
-/** Before a message is taken, so that a bad buffer loses nothing. */
-function checkIntoBuffer(buffer: Uint8Array): void {
-  if (!(buffer instanceof Uint8Array)) {
-    throw new TypeError("the buffer to receive into must be a Uint8Array");
-  }
-  try {
-    // Throws for a view of a detached (transferred) or shrunk buffer, on
-    // which set() would throw after the message was already taken.
-    buffer.subarray(0, 0);
-  } catch (cause) {
-    throw new TypeError(
-      "the buffer to receive into is detached or out of bounds",
-      { cause },
-    );
-  }
+  if (data.length > lengthOf.call(buffer)) return ownedBytes(data);
+  setBytes.call(buffer, data);
+  return new Uint8Array(
+    bufferOf.call(buffer),
+    byteOffsetOf.call(buffer),
+    data.length,
+  );
 }
 
 function empty(): IpcError {
@@ -710,13 +736,19 @@ export class IpcBytesReceiver {
 
   /**
    * Like {@linkcode IpcBytesReceiver.recvSync}, but the message lands in
-   * `buffer`, which a loop can reuse for every message: no allocation per
-   * message, so a stream of 64 KiB messages arrives about twice as fast (see
-   * the README's figures). Returns the view of `buffer` that holds the
-   * message. A message longer than `buffer` is not lost or cut: it comes in
-   * a new Uint8Array of its own instead, so check `result.buffer` if you
-   * want to grow yours. The view's bytes are overwritten by the next receive
-   * into the same buffer, so copy what you keep.
+   * `buffer`, which a loop can reuse for every message: on Linux a message
+   * that fits one socket packet (about 208 KiB) is copied straight from the
+   * receive buffer, with no allocation, so a stream of 64 KiB messages
+   * arrives about twice as fast (see the README's figures); a larger one is
+   * read into memory of its own first. Returns a view of `buffer`'s memory
+   * that holds the message. A message longer than `buffer` is not lost or
+   * cut: it comes in a new Uint8Array of its own instead, so check
+   * `result.buffer` if you want to grow yours. The view's bytes are
+   * overwritten by the next receive into the same buffer, so copy what you
+   * keep.
+   *
+   * Throws a TypeError, and takes no message, if `buffer` is not a
+   * Uint8Array or is detached or out of bounds.
    *
    * @example A stream received into one buffer
    * ```ts
@@ -731,7 +763,7 @@ export class IpcBytesReceiver {
    * ```
    */
   recvSyncInto(buffer: Uint8Array): Uint8Array {
-    checkIntoBuffer(buffer);
+    checkIntoBuffer(buffer, "recvSyncInto");
     return bytesInto(this.#slot.get("receiver").recvSync(LEND), buffer);
   }
 
@@ -752,7 +784,7 @@ export class IpcBytesReceiver {
    * ```
    */
   tryRecvInto(buffer: Uint8Array): Uint8Array {
-    checkIntoBuffer(buffer);
+    checkIntoBuffer(buffer, "tryRecvInto");
     const message = this.#slot.get("receiver").tryRecv(LEND);
     if (message === undefined) throw empty();
     return bytesInto(message, buffer);

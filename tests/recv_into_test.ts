@@ -56,25 +56,32 @@ const SIZES = [
   65_536,
   65_537,
   212_928,
+  212_943,
+  212_944,
+  212_945,
   212_961,
+  300_000,
   1 << 20,
 ];
 
 Deno.test("recvSyncInto: a message that fits is in the buffer, a larger one comes whole in its own", () => {
   const [tx, rx] = bytesChannel();
-  const buffer = new Uint8Array(64 * KiB);
-  for (const size of SIZES) {
-    const data = pattern(size, size);
-    tx.send(data);
-    const got = rx.recvSyncInto(buffer);
-    sameBytes(got, data, `${size} bytes`);
-    if (size <= buffer.length) {
-      equal(got.buffer, buffer.buffer, `${size} bytes: a view of the buffer`);
-      equal(got.byteOffset, 0);
-    } else {
-      notEqual(got.buffer, buffer.buffer, `${size} bytes: not in the buffer`);
-      equal(got.byteOffset, 0, `${size} bytes: a buffer of its own`);
-      equal(got.buffer.byteLength, size, `${size} bytes: exactly its size`);
+  // Inline and memfd messages both fit the larger buffer.
+  for (const buffer of [new Uint8Array(64 * KiB), new Uint8Array(1 << 20)]) {
+    for (const size of SIZES) {
+      const data = pattern(size, size);
+      tx.send(data);
+      const got = rx.recvSyncInto(buffer);
+      const what = `${size} bytes into ${buffer.length}`;
+      sameBytes(got, data, what);
+      if (size <= buffer.length) {
+        equal(got.buffer, buffer.buffer, `${what}: a view of the buffer`);
+        equal(got.byteOffset, 0);
+      } else {
+        notEqual(got.buffer, buffer.buffer, `${what}: not in the buffer`);
+        equal(got.byteOffset, 0, `${what}: a buffer of its own`);
+        equal(got.buffer.byteLength, size, `${what}: exactly its size`);
+      }
     }
   }
   tx.close();
@@ -159,9 +166,13 @@ Deno.test("recvSyncInto: Disconnected once the sender is gone and the queue drai
   rx.close();
 });
 
-Deno.test("recvSyncInto and tryRecvInto refuse a bad buffer and leave the message queued", () => {
+Deno.test("recvSyncInto and tryRecvInto refuse a bad buffer and leave the messages queued", () => {
   const [tx, rx] = bytesChannel();
-  tx.send(pattern(100, 5));
+  // Sent in one task: the first goes alone, the rest share a batch packet,
+  // so after one receive the others wait in the receiver's backlog.
+  for (let i = 0; i < 5; i++) tx.send(pattern(100, i));
+  sameBytes(rx.recvSyncInto(new Uint8Array(100)), pattern(100, 0), "first");
+  sameBytes(rx.recvSyncInto(new Uint8Array(100)), pattern(100, 1), "second");
   const notBytes = [
     undefined,
     null,
@@ -169,15 +180,19 @@ Deno.test("recvSyncInto and tryRecvInto refuse a bad buffer and leave the messag
     new Uint16Array(100),
     new DataView(new ArrayBuffer(100)),
     [1, 2, 3],
+    // Things that pass `instanceof Uint8Array` without being one.
+    new Proxy(new Uint8Array(100), {}),
+    Object.create(Uint8Array.prototype),
+    Object.setPrototypeOf({ length: 100 }, Uint8Array.prototype),
   ];
-  for (const bad of notBytes) {
+  for (const [index, bad] of notBytes.entries()) {
     for (const receive of [rx.recvSyncInto, rx.tryRecvInto]) {
       throws(
         () => receive.call(rx, bad as unknown as Uint8Array),
         (error: unknown) =>
           error instanceof TypeError &&
-          /must be a Uint8Array/.test(error.message),
-        String(bad),
+          /takes a Uint8Array/.test(error.message),
+        `bad buffer ${index}`,
       );
     }
   }
@@ -196,7 +211,47 @@ Deno.test("recvSyncInto and tryRecvInto refuse a bad buffer and leave the messag
       );
     }
   }
-  sameBytes(rx.recvSyncInto(new Uint8Array(100)), pattern(100, 5), "kept");
+  for (let i = 2; i < 5; i++) {
+    sameBytes(rx.recvSyncInto(new Uint8Array(100)), pattern(100, i), "kept");
+  }
+  throws(() => rx.tryRecvInto(new Uint8Array(100)), ipcError("Empty"));
+  tx.close();
+  rx.close();
+});
+
+Deno.test("recvSyncInto uses none of a Uint8Array subclass's overrides, so they never see the receive buffer", () => {
+  const seen: string[] = [];
+  class Sneaky extends Uint8Array {
+    static get [Symbol.species](): Uint8ArrayConstructor {
+      seen.push("species");
+      throw new Error("species");
+    }
+    override get length(): number {
+      seen.push("length");
+      // Would make set() throw after the message was taken.
+      return 1 << 30;
+    }
+    override set(source: ArrayLike<number>, offset?: number): void {
+      seen.push(`set of ${source.length}`);
+      super.set(source, offset);
+    }
+    override subarray(): Uint8Array<ArrayBuffer> {
+      seen.push("subarray");
+      throw new Error("subarray");
+    }
+  }
+  const [tx, rx] = bytesChannel();
+  const buffer = new Sneaky(64);
+  tx.send(new Uint8Array([1, 2, 3]));
+  const got = rx.recvSyncInto(buffer);
+  equal(got.constructor, Uint8Array);
+  equal(got.buffer, buffer.buffer);
+  equal([...got].join(), "1,2,3");
+  tx.send(new Uint8Array([4, 5]));
+  equal([...rx.tryRecvInto(buffer)].join(), "4,5");
+  tx.send(pattern(100, 1));
+  sameBytes(rx.recvSyncInto(buffer), pattern(100, 1), "longer than 64");
+  equal(seen.join(), "", "no override ran");
   tx.close();
   rx.close();
 });
@@ -223,15 +278,17 @@ fdTest(
     const before = await fdBaseline();
     const [tx, rx] = bytesChannel();
     const typed = tx.toOpaque().to<unknown>();
-    const buffer = new Uint8Array(64 * KiB);
+    const buffer = new Uint8Array(512 * KiB);
     for (let round = 0; round < 50; round++) {
       const [innerTx, innerRx] = channel<number>();
-      typed.send({ round, endpoints: [innerTx, innerRx] });
+      // Every third message is too large for one packet: a memfd body.
+      const padding = new Uint8Array(round % 3 === 0 ? 300_000 : 10);
+      typed.send({ round, endpoints: [innerTx, innerRx], padding });
       innerTx.close();
       const got = round % 2 === 0
         ? rx.recvSyncInto(buffer)
         : rx.tryRecvInto(buffer);
-      ok(got.length > 0, "the codec's bytes arrive");
+      ok(got.length > padding.length, "the codec's bytes arrive");
       equal(got.buffer, buffer.buffer);
     }
     typed.close();
