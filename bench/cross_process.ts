@@ -146,16 +146,16 @@ function bytesRate(count: number, size: number): number {
   return stream_rate(count, () => stream.recvSync().length, size) * size / 1e6;
 }
 
-const intoBuffer = new Uint8Array(64 * KiB);
-
 /** As {@linkcode bytesRate}, each message received into one reused buffer. */
 function bytesIntoRate(count: number, size: number): number {
+  const buffer = new Uint8Array(size);
   commands.send({ op: "bytes", count, size });
-  return stream_rate(
-    count,
-    () => stream.recvSyncInto(intoBuffer).length,
-    size,
-  ) * size / 1e6;
+  return stream_rate(count, () => {
+    const message = stream.recvSyncInto(buffer);
+    // Else this would time the path for messages too large for the buffer.
+    if (message.buffer !== buffer.buffer) throw new Error("not in the buffer");
+    return message.length;
+  }, size) * size / 1e6;
 }
 
 interface Row {
