@@ -161,6 +161,30 @@ function checkIntoBuffer(buffer: Uint8Array, method: string): void {
 }
 
 /**
+ * A plain view of the memory of `bytes`, a Uint8Array to send: the platform
+ * hands a body's address and `length` to the kernel, so a subclass or an own
+ * property that lies about `length` would have it read past the buffer.
+ */
+function plainBytes(bytes: Uint8Array): Uint8Array {
+  if (tagOf.call(bytes) !== "Uint8Array") {
+    throw new IpcError("Serialization", "IpcBytesSender sends a Uint8Array");
+  }
+  try {
+    return new Uint8Array(
+      bufferOf.call(bytes),
+      byteOffsetOf.call(bytes),
+      lengthOf.call(bytes),
+    );
+  } catch (cause) {
+    throw new IpcError(
+      "Serialization",
+      "IpcBytesSender cannot send a Uint8Array that is detached or out of bounds",
+      { cause },
+    );
+  }
+}
+
+/**
  * `message`'s body in `buffer` when it fits (a new view of `buffer`'s memory
  * that holds it), else in a buffer of its own: `message` may be lent (see
  * LEND), so it is never returned as is. `buffer` passed checkIntoBuffer.
@@ -567,6 +591,8 @@ export class IpcBytesSender {
 
   /**
    * Sends a copy of `bytes`; the caller may reuse the buffer at once.
+   * Throws kind "Serialization" if `bytes` is not a Uint8Array or its
+   * buffer was transferred; kind "Disconnected" if the receiver is gone.
    *
    * @example
    * ```ts
@@ -578,10 +604,7 @@ export class IpcBytesSender {
    * ```
    */
   send(bytes: Uint8Array): void {
-    if (!(bytes instanceof Uint8Array)) {
-      throw new IpcError("Serialization", "IpcBytesSender sends a Uint8Array");
-    }
-    this.#slot.get("sender").send(bytes, []);
+    this.#slot.get("sender").send(plainBytes(bytes), []);
   }
 
   /**

@@ -475,7 +475,48 @@ Deno.test("bytes channels refuse what is not a Uint8Array", () => {
     () => tx.send(new Uint16Array(2) as unknown as Uint8Array),
     ipcError("Serialization"),
   );
+  // Passes `instanceof` without being a Uint8Array.
+  for (
+    const fake of [
+      new Proxy(new Uint8Array(2), {}),
+      Object.create(Uint8Array.prototype),
+    ]
+  ) {
+    throws(() => tx.send(fake), ipcError("Serialization"));
+  }
+  const detached = new Uint8Array(8);
+  structuredClone(detached.buffer, { transfer: [detached.buffer] });
+  throws(() => tx.send(detached), ipcError("Serialization"));
   throws(() => rx.tryRecv(), ipcError("Empty"));
+  tx.close();
+  rx.close();
+});
+
+Deno.test("bytes channels send a Uint8Array's real bytes whatever its length property says", () => {
+  const [tx, rx] = bytesChannel();
+  // Sizes on both sides of the staging and inline limits: the platform hands
+  // the body's address and length to the kernel, which must not read past it.
+  for (const size of [16, 5_000, 100_000, 300_000]) {
+    const real = new Uint8Array(size).fill(7);
+    Object.defineProperty(real, "length", { get: () => size * 3 });
+    tx.send(real);
+    const got = rx.recvSync();
+    equal(got.length, size, `${size}: own length property`);
+    ok(got.every((byte) => byte === 7), `${size}: content`);
+    class Longer extends Uint8Array {
+      override get length(): number {
+        return size * 3;
+      }
+      override subarray(): Uint8Array<ArrayBuffer> {
+        return new Uint8Array(size * 3);
+      }
+    }
+    const sub = new Longer(size).fill(9);
+    tx.send(sub);
+    const again = rx.recvSync();
+    equal(again.length, size, `${size}: subclass`);
+    ok(again.every((byte) => byte === 9), `${size}: subclass content`);
+  }
   tx.close();
   rx.close();
 });
