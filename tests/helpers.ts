@@ -7,6 +7,7 @@
 
 import { settled } from "../platform/mod.ts";
 import { libc } from "../ffi/libc.ts";
+import { LINKED } from "./fixtures/common.ts";
 
 const F_GETFD = 1;
 import {
@@ -163,7 +164,9 @@ export interface LinkedChild {
 /**
  * Starts a fixture that calls `link()` from fixtures/common.ts: the child
  * connects to a one-shot server named in its first argument and sends a
- * sender back, so each side ends up with a channel to the other.
+ * sender back, so each side ends up with a channel to the other. The first
+ * message on that sender is the {@linkcode LINKED} ack, which `link()`
+ * consumes.
  */
 export async function startLinked(
   name: string,
@@ -181,6 +184,8 @@ export async function startLinked(
       30_000,
       `handshake with ${name}`,
     );
+    // link() waits for this: the child must outlive our read of its hello.
+    hello.toChild.send(LINKED);
     return { process, toChild: hello.toChild, fromChild };
   } catch (error) {
     server.close();
