@@ -1416,6 +1416,14 @@ interface Hello {
   toChild: IpcSender<unknown>;
 }
 
+/**
+ * What the parent sends first on the way back, once it holds it. On Windows
+ * the parent takes the hello's sender out of the child while reading the
+ * hello, so a child that connected and exited at once would have its hello
+ * dropped as from a dead process: connectToParent() waits for this.
+ */
+const SPAWN_ACK = "@ipc/channel: connected";
+
 /** Options for {@linkcode spawn}. */
 export interface SpawnOptions {
   /** Arguments after the module, in the child's `Deno.args`. */
@@ -1548,6 +1556,16 @@ export async function spawn<Send, Recv>(
   }
   const sender = connection.first.toChild as IpcSender<Send>;
   const receiver = connection.receiver as unknown as IpcReceiver<Recv>;
+  try {
+    (sender as IpcSender<unknown>).send(SPAWN_ACK);
+  } catch (error) {
+    // It died right after its hello.
+    sender.close();
+    receiver.close();
+    kill("SIGKILL");
+    await status;
+    throw error;
+  }
   return {
     sender,
     receiver,
@@ -1566,8 +1584,10 @@ export async function spawn<Send, Recv>(
 
 /**
  * In a process started by {@linkcode spawn}: the channels to the parent.
- * Rejects kind "Io" in a process that `spawn` did not start. Once the
- * parent dies, `receiver.recv()` rejects "Disconnected".
+ * Resolves once the parent holds its end, so the process may send and exit
+ * at once. Rejects kind "Io" in a process that `spawn` did not start, and
+ * "Disconnected" if the parent dies first. Once the parent dies,
+ * `receiver.recv()` rejects "Disconnected".
  *
  * @example
  * ```ts ignore
@@ -1596,7 +1616,21 @@ export function connectToParent<Send, Recv>(): Promise<
       toChild.close();
     }
     const sender = hello.toOpaque().to<Send>();
-    return Promise.resolve({ sender, receiver });
+    return (receiver as IpcReceiver<unknown>).recv().then(
+      (ack) => {
+        if (ack !== SPAWN_ACK) {
+          throw new IpcError(
+            "Serialization",
+            "connectToParent(): the parent's first message is not spawn()'s",
+          );
+        }
+        return { sender, receiver };
+      },
+    ).catch((error) => {
+      sender.close();
+      receiver.close();
+      throw error;
+    });
   } catch (error) {
     return Promise.reject(error);
   }

@@ -115,6 +115,23 @@ Deno.test("a module that throws after connecting: Disconnected, then its exit co
   await settled();
 });
 
+Deno.test("a child that sends one message and exits at once is connected and its message arrives", async () => {
+  const children = [0, 1, 2].map(() =>
+    spawn<never, string>(fixture("spawn_once.ts"))
+  );
+  // Keeps this thread from reading the children's hellos until they have had
+  // time to connect and, were they not made to wait, to exit: on Windows the
+  // parent takes the hello's sender out of the child as it reads it.
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 3_000);
+  for (const child of await Promise.all(children)) {
+    equal(await child.receiver.recv(), `pid ${child.pid}`);
+    assertEquals((await child.status).code, 0);
+    await rejects(child.receiver.recv(), ipcError("Disconnected"));
+    await child[Symbol.asyncDispose]();
+  }
+  await settled();
+});
+
 // Not on Windows: there (measured under Wine 8.0 with Deno's Windows build)
 // killing the middle process ends the grandchild too, so no orphan is left
 // to observe the disconnection.
