@@ -1544,6 +1544,11 @@ export async function spawn<Send, Recv>(
           connection.peer.pid === child.pid &&
           connection.first?.toChild instanceof IpcSender
         ) break;
+        // Turned away: its connectToParent() must see Disconnected, not wait
+        // for the ack, so nothing of it is kept.
+        const stray = (connection.first as { toChild?: unknown } | undefined)
+          ?.toChild;
+        if (stray instanceof IpcSender) stray.close();
         connection.receiver.close();
       }
     } finally {
@@ -1585,9 +1590,13 @@ export async function spawn<Send, Recv>(
 /**
  * In a process started by {@linkcode spawn}: the channels to the parent.
  * Resolves once the parent holds its end, so the process may send and exit
- * at once. Rejects kind "Io" in a process that `spawn` did not start, and
- * "Disconnected" if the parent dies first. Once the parent dies,
- * `receiver.recv()` rejects "Disconnected".
+ * at once. Rejects kind "Io" in a process that `spawn` did not start;
+ * "Disconnected" if spawn() turned this process away (it was not the child
+ * spawned) or the parent died first; "Serialization" if the parent's first
+ * message is not spawn()'s acknowledgement (another version of this module).
+ * On Windows a parent that dies before reading the hello leaves this
+ * waiting, since the hello's unread sender keeps the receiver open. Once the
+ * parent dies, `receiver.recv()` rejects "Disconnected".
  *
  * @example
  * ```ts ignore

@@ -17,6 +17,7 @@ import {
   openFds,
   processState,
   settled,
+  within,
 } from "./helpers.ts";
 
 const ECHO = fixture("spawn_echo.ts");
@@ -192,6 +193,16 @@ Deno.test(
     ok(!line.includes(report.name), line);
   },
 );
+
+Deno.test("a process that spawn() turns away gets Disconnected from connectToParent, not a wait", async () => {
+  await using child = await spawn<never, string>(fixture("spawn_stray.ts"), {
+    denoArgs: ["--allow-ffi", "--allow-run", "--allow-read"],
+  });
+  equal(
+    await within(child.receiver.recv(), 30_000, "the turned-away helper"),
+    "rejected Disconnected",
+  );
+});
 
 Deno.test("a receiver travels A→B→C and C reads what A sends", async () => {
   const [tx, rx] = channel<string>();
