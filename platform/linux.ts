@@ -648,7 +648,11 @@ class QueueMemory {
     data: Uint8Array,
   ): { bytes: Uint8Array; address?: bigint; release?: () => void } {
     if (data.length === 0) return { bytes: data };
-    if (data.length > QueueMemory.CHUNK / 4) return { bytes: data.slice() };
+    // The constructor copies (a subclass's slice() may be a view) and, unlike
+    // slice(), does not zero the copy first.
+    if (data.length > QueueMemory.CHUNK / 4) {
+      return { bytes: new Uint8Array(data) };
+    }
     let chunk = this.#current;
     if (chunk === undefined || chunk.used + data.length > chunk.buffer.length) {
       let free = this.#free.pop();

@@ -877,8 +877,10 @@ export function createMacBackend(host: MachHost): MacBackend {
 
     #enqueue(data: Uint8Array, plan: HandlePlan): void {
       const ports = plan.own();
-      // The caller may reuse its buffer once send returns.
-      this.#queue.push({ ports, body: data.slice() });
+      // The caller may reuse its buffer once send returns. A copy through
+      // the constructor: it does not zero first, and a subclass's slice()
+      // (Node's Buffer) may be a view.
+      this.#queue.push({ ports, body: new Uint8Array(data) });
       this.#buffered += data.length;
       if (!pendingSenders.has(this)) {
         pendingSenders.add(this);

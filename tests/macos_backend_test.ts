@@ -17,6 +17,8 @@ import {
 import { createMacBackend, type MacBackend } from "../platform/macos.ts";
 import { IpcError, type OsSender } from "../platform/types.ts";
 import { type FakeTask, FakeWorld } from "./fake_mach.ts";
+import { Codec } from "../serde/codec.ts";
+import { Buffer } from "node:buffer";
 
 interface Process {
   task: FakeTask;
@@ -318,6 +320,30 @@ Deno.test("backend over a fake kernel: full queues wait in user space and own th
   for (const s of senders) s.close();
   throws(() => innerRx.tryRecv(), kind("Disconnected"));
   for (const end of [innerRx, toB, accepted.receiver]) end.close();
+  listener.close();
+  await assertClean(world, a, b);
+});
+
+Deno.test("backend over a fake kernel: a queued body is a copy, of a Node Buffer and of the codec's reused output too", async () => {
+  const { world, a, b, listener, toB, accepted } = await linked(2);
+  const codec = new Codec<never, never>([]);
+  // A Buffer's slice() is a view: reusing it after send must not reach the
+  // queue. The codec reuses one buffer for every encode in the same way.
+  const reused = Buffer.alloc(4);
+  for (let i = 0; i < 6; i++) {
+    reused.fill(i);
+    toB.send(reused, []);
+    toB.send(codec.encode(`message ${i}`).bytes, []);
+  }
+  reused.fill(0xff);
+  ok(toB.bufferedAmount > 0, "past the queue limit, sends are queued");
+  for (let i = 0; i < 6; i++) {
+    const raw = await accepted.receiver.recv(soon);
+    assertEquals([...raw.data], [i, i, i, i], `Buffer message ${i}`);
+    const typed = await accepted.receiver.recv(soon);
+    equal(codec.decode(typed.data, []), `message ${i}`);
+  }
+  for (const end of [toB, accepted.receiver]) end.close();
   listener.close();
   await assertClean(world, a, b);
 });
