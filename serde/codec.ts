@@ -133,6 +133,48 @@ function readTypedArray(data: Uint8Array): unknown {
   throw new Error(`Could not find typed array for code ${code}`);
 }
 
+function getter(
+  prototype: object,
+  name: PropertyKey,
+): (this: unknown) => unknown {
+  return Object.getOwnPropertyDescriptor(prototype, name)!.get!;
+}
+const typedArrayTag = getter(TypedArray.prototype, Symbol.toStringTag);
+const dataViewLength = getter(DataView.prototype, "byteLength");
+const arrayBufferLength = getter(ArrayBuffer.prototype, "byteLength");
+/** What msgpackr reads of a typed array, DataView or ArrayBuffer it writes. */
+const BINARY_KEYS = ["constructor", "buffer", "byteOffset", "byteLength"];
+
+/**
+ * Refuses a binary value that only looks plain: msgpackr sizes the frame from
+ * `byteLength` but copies the real bytes, so an own property (or a Proxy)
+ * that lies would leave earlier messages' bytes of the reused encode buffer
+ * in this one. The intrinsic getters throw for, or see through, imitations.
+ */
+function checkGenuineBinary(object: object, prototype: object): void {
+  let genuine: boolean;
+  try {
+    if (prototype === ArrayBuffer.prototype) {
+      arrayBufferLength.call(object);
+      genuine = true;
+    } else if (prototype === DataView.prototype) {
+      dataViewLength.call(object);
+      genuine = true;
+    } else {
+      genuine = typedArrayTag.call(object) !== undefined;
+    }
+  } catch {
+    genuine = false;
+  }
+  const what = (prototype.constructor as { name?: string }).name ?? "binary";
+  if (!genuine) throw unsupported(`an imitation (or a Proxy) of ${what}`);
+  for (const key of BINARY_KEYS) {
+    if (Object.hasOwn(object, key)) {
+      throw unsupported(`this ${what}, which has its own "${key}" property`);
+    }
+  }
+}
+
 function unsupported(what: string): IpcError {
   return new IpcError(
     "Serialization",
@@ -409,11 +451,15 @@ export class Codec<Outgoing, Incoming extends Closeable> {
       return changed ? new Set(members) : value;
     }
     if (Float16 !== undefined && prototype === Float16.prototype) {
+      checkGenuineBinary(object, prototype);
       return new Float16Bytes(object as ArrayBufferView);
     }
+    if (prototype === ArrayBuffer.prototype || PLAIN_VIEWS.has(prototype)) {
+      checkGenuineBinary(object, prototype);
+      return value;
+    }
     if (
-      prototype === Date.prototype || prototype === ArrayBuffer.prototype ||
-      PLAIN_VIEWS.has(prototype) || this.#endpointPrototypes.has(prototype)
+      prototype === Date.prototype || this.#endpointPrototypes.has(prototype)
     ) {
       return value;
     }

@@ -409,6 +409,11 @@ class Point {
   constructor(public x: number) {}
 }
 
+/** `binary` with an own `byteLength` that claims 200 bytes. */
+function lying<T extends object>(binary: T): T {
+  return Object.defineProperty(binary, "byteLength", { get: () => 200 });
+}
+
 Deno.test("unsendable values throw Serialization and send nothing", async () => {
   const circular: Record<string, unknown> = { a: 1 };
   circular.self = circular;
@@ -429,6 +434,23 @@ Deno.test("unsendable values throw Serialization and send nothing", async () => 
     ["a WeakMap", new WeakMap()],
     ["a Promise", Promise.resolve(1)],
     ["an Error", new Error("x")],
+    // Binary values that lie about their size, or imitate one: msgpackr
+    // would size the frame by the lie and fill it with stale bytes.
+    ["an ArrayBuffer with its own byteLength", lying(new ArrayBuffer(1))],
+    ["a typed array with its own byteLength", lying(new Int16Array(1))],
+    [
+      "a DataView with its own byteLength",
+      lying(new DataView(new ArrayBuffer(1))),
+    ],
+    [
+      "a Uint8Array with its own constructor",
+      Object.defineProperty(new Uint8Array(2), "constructor", {
+        value: Float64Array,
+      }),
+    ],
+    ["a Proxy of a typed array", new Proxy(new Float32Array(2), {})],
+    ["a Proxy of a DataView", new Proxy(new DataView(new ArrayBuffer(2)), {})],
+    ["an imitation of an ArrayBuffer", Object.create(ArrayBuffer.prototype)],
   ];
   const [tx, rx] = channel<unknown>();
   for (const [what, value] of cases) {
