@@ -141,47 +141,59 @@ const setBytes = typedArrayPrototype.set as (
 const NO_BYTES = new Uint8Array(0);
 
 /**
- * Before a message is taken, so that a bad buffer loses nothing: `buffer`
- * must really be a Uint8Array (of any realm), and in bounds.
+ * Whether `bytes`, from a caller, is really a Uint8Array (of any realm) and
+ * usable: not a view of a detached (transferred) buffer, nor one that a
+ * resizable buffer's shrinking left out of bounds.
  */
-function checkIntoBuffer(buffer: Uint8Array, method: string): void {
-  if (tagOf.call(buffer) !== "Uint8Array") {
-    throw new TypeError(`IpcBytesReceiver.${method} takes a Uint8Array`);
-  }
+function bytesProblem(
+  bytes: unknown,
+): "not a Uint8Array" | "detached or out of bounds" | undefined {
+  if (tagOf.call(bytes) !== "Uint8Array") return "not a Uint8Array";
   try {
-    // Throws for a view of a detached (transferred) buffer, or one that a
-    // resizable buffer's shrinking left out of bounds.
-    setBytes.call(buffer, NO_BYTES);
-  } catch (cause) {
-    throw new TypeError(
-      `IpcBytesReceiver.${method}: the buffer is detached or out of bounds`,
-      { cause },
-    );
+    setBytes.call(bytes as Uint8Array, NO_BYTES);
+  } catch {
+    return "detached or out of bounds";
   }
+  return undefined;
 }
 
 /**
- * A plain view of the memory of `bytes`, a Uint8Array to send: the platform
- * hands a body's address and `length` to the kernel, so a subclass or an own
- * property that lies about `length` would have it read past the buffer.
+ * A plain view of the memory of `bytes` (which passed bytesProblem): the
+ * platform hands a body's address and `length` to the kernel, so a subclass
+ * or an own property that lies about `length` would have it read past the
+ * buffer.
  */
-function plainBytes(bytes: Uint8Array): Uint8Array {
-  if (tagOf.call(bytes) !== "Uint8Array") {
+function plainView(bytes: Uint8Array): Uint8Array {
+  return new Uint8Array(
+    bufferOf.call(bytes),
+    byteOffsetOf.call(bytes),
+    lengthOf.call(bytes),
+  );
+}
+
+/** Before a message is taken, so that a bad buffer loses nothing. */
+function checkIntoBuffer(buffer: Uint8Array, method: string): void {
+  const problem = bytesProblem(buffer);
+  if (problem === "not a Uint8Array") {
+    throw new TypeError(`IpcBytesReceiver.${method} takes a Uint8Array`);
+  }
+  if (problem !== undefined) {
+    throw new TypeError(`IpcBytesReceiver.${method}: the buffer is ${problem}`);
+  }
+}
+
+function plainBytesToSend(bytes: Uint8Array): Uint8Array {
+  const problem = bytesProblem(bytes);
+  if (problem === "not a Uint8Array") {
     throw new IpcError("Serialization", "IpcBytesSender sends a Uint8Array");
   }
-  try {
-    return new Uint8Array(
-      bufferOf.call(bytes),
-      byteOffsetOf.call(bytes),
-      lengthOf.call(bytes),
-    );
-  } catch (cause) {
+  if (problem !== undefined) {
     throw new IpcError(
       "Serialization",
-      "IpcBytesSender cannot send a Uint8Array that is detached or out of bounds",
-      { cause },
+      `IpcBytesSender cannot send a Uint8Array that is ${problem}`,
     );
   }
+  return plainView(bytes);
 }
 
 /**
@@ -199,6 +211,18 @@ function bytesInto(message: OsMessage, buffer: Uint8Array): Uint8Array {
     byteOffsetOf.call(buffer),
     data.length,
   );
+}
+
+/**
+ * `name` for `connect`, checked to be a string: the Windows backend sizes the
+ * UTF-16 copy it hands the kernel from `length`, so an object posing as one
+ * could leave it unterminated.
+ */
+function serverName(name: string, endpoint: string): string {
+  if (typeof name !== "string") {
+    throw new TypeError(`${endpoint}.connect takes a server name string`);
+  }
+  return name;
 }
 
 function empty(): IpcError {
@@ -264,7 +288,7 @@ export class IpcSender<T> {
    * ```
    */
   static connect<T>(name: string): IpcSender<T> {
-    return new IpcSender<T>(platform().connect(name));
+    return new IpcSender<T>(platform().connect(serverName(name, "IpcSender")));
   }
 
   /**
@@ -586,7 +610,9 @@ export class IpcBytesSender {
    * ```
    */
   static connect(name: string): IpcBytesSender {
-    return new IpcBytesSender(platform().connect(name));
+    return new IpcBytesSender(
+      platform().connect(serverName(name, "IpcBytesSender")),
+    );
   }
 
   /**
@@ -604,7 +630,7 @@ export class IpcBytesSender {
    * ```
    */
   send(bytes: Uint8Array): void {
-    this.#slot.get("sender").send(plainBytes(bytes), []);
+    this.#slot.get("sender").send(plainBytesToSend(bytes), []);
   }
 
   /**
@@ -1706,11 +1732,18 @@ export class IpcSharedMemory {
    * ```
    */
   static fromBytes(bytes: Uint8Array): IpcSharedMemory {
-    if (!(bytes instanceof Uint8Array)) {
+    const problem = bytesProblem(bytes);
+    if (problem === "not a Uint8Array") {
       throw new TypeError("IpcSharedMemory.fromBytes takes a Uint8Array");
     }
-    const os = platform().sharedMemory(bytes.length);
-    if (bytes.length > 0) os.bytes.set(bytes);
+    if (problem !== undefined) {
+      throw new TypeError(
+        `IpcSharedMemory.fromBytes: the bytes are ${problem}`,
+      );
+    }
+    const view = plainView(bytes);
+    const os = platform().sharedMemory(view.length);
+    if (view.length > 0) os.bytes.set(view);
     return new IpcSharedMemory(os);
   }
 

@@ -10,7 +10,12 @@ import {
   rejects,
   throws,
 } from "node:assert/strict";
-import { channel, IpcOneShotServer, IpcSender } from "../mod.ts";
+import {
+  channel,
+  IpcBytesSender,
+  IpcOneShotServer,
+  IpcSender,
+} from "../mod.ts";
 import {
   fdBaseline,
   fdTest,
@@ -193,6 +198,18 @@ fdTest(import.meta, "connect to a missing name throws kind Io", async () => {
   throws(() => IpcSender.connect("/tmp"), ipcError("Io"));
   throws(() => IpcSender.connect(""), ipcError("Io"));
   throws(() => IpcSender.connect(`/tmp/${"x".repeat(200)}`), ipcError("Io"));
+  // Not a string at all: refused before it reaches the OS.
+  const posing = { length: -1, startsWith: () => true, toString: () => "x" };
+  for (const bad of [undefined, 42, posing]) {
+    for (const connect of [IpcSender.connect, IpcBytesSender.connect]) {
+      throws(
+        () => connect(bad as unknown as string),
+        (error: unknown) =>
+          error instanceof TypeError &&
+          /server name string/.test(error.message),
+      );
+    }
+  }
   const server = new IpcOneShotServer<number>();
   const name = server.name;
   server.close();

@@ -63,6 +63,29 @@ Deno.test("take() copies and releases; close() makes bytes throw Closed", () => 
   equal(other.length, 4);
 });
 
+Deno.test("fromBytes sizes the region from the real bytes, and refuses what is not usable bytes", () => {
+  const small = new Uint8Array([1, 2, 3]);
+  Object.defineProperty(small, "length", { get: () => 1 << 20 });
+  using shm = IpcSharedMemory.fromBytes(small);
+  equal(shm.length, 3, "not the 1 MiB its length property claims");
+  assertEquals(shm.take(), new Uint8Array([1, 2, 3]));
+  const detached = new Uint8Array(4);
+  structuredClone(detached.buffer, { transfer: [detached.buffer] });
+  const notBytes = [
+    [1, 2],
+    new Uint16Array(2),
+    new Proxy(new Uint8Array(2), {}),
+    detached,
+  ];
+  for (const [index, bad] of notBytes.entries()) {
+    throws(
+      () => IpcSharedMemory.fromBytes(bad as Uint8Array),
+      (error: unknown) => error instanceof TypeError,
+      `bad bytes ${index}`,
+    );
+  }
+});
+
 Deno.test("zero-length regions work and travel", async () => {
   const [tx, rx] = channel<IpcSharedMemory>();
   using empty = IpcSharedMemory.fromBytes(new Uint8Array(0));
