@@ -24,6 +24,7 @@
 
 import { platform } from "./platform/mod.ts";
 import {
+  intrinsicGetter,
   IpcError,
   type OsIncomingHandle,
   type OsMessage,
@@ -35,6 +36,8 @@ import {
   type OsTransferable,
   ownedBytes,
   type PeerCredentials,
+  typedArrayPrototype,
+  typedArrayTag,
 } from "./platform/types.ts";
 import { Waiters } from "./platform/waiters.ts";
 import { Codec } from "./serde/codec.ts";
@@ -121,49 +124,46 @@ function bytesOf(message: OsMessage): Uint8Array {
   return ownedBytes(message.data);
 }
 
-// A receive buffer is the caller's object: a subclass or a Proxy could
-// override `set`, `length` or `subarray` and be handed the lent view (see
-// LEND), or throw once the message is taken. So it is only ever read through
-// %TypedArray%.prototype's own methods, captured before any caller runs.
-const typedArrayPrototype = Object.getPrototypeOf(Uint8Array.prototype);
-function intrinsic(name: PropertyKey): (this: unknown) => unknown {
-  return Object.getOwnPropertyDescriptor(typedArrayPrototype, name)!.get!;
-}
-const tagOf = intrinsic(Symbol.toStringTag);
-const lengthOf = intrinsic("length") as (this: Uint8Array) => number;
-const byteOffsetOf = intrinsic("byteOffset") as (this: Uint8Array) => number;
-const bufferOf = intrinsic("buffer") as (this: Uint8Array) => ArrayBufferLike;
+// Bytes from a caller are its objects: a subclass or a Proxy could override
+// `set`, `length` or `subarray` and be handed the lent view (see LEND), throw
+// once a message is taken, or make the platform hand the kernel a length past
+// the buffer. So they are read only through %TypedArray%.prototype's own
+// getters and `set`, captured before any caller runs.
+const lengthOf = intrinsicGetter(typedArrayPrototype, "length") as (
+  this: Uint8Array,
+) => number;
+const byteOffsetOf = intrinsicGetter(typedArrayPrototype, "byteOffset") as (
+  this: Uint8Array,
+) => number;
+const bufferOf = intrinsicGetter(typedArrayPrototype, "buffer") as (
+  this: Uint8Array,
+) => ArrayBufferLike;
 const setBytes = typedArrayPrototype.set as (
   this: Uint8Array,
   source: Uint8Array,
-  offset?: number,
 ) => void;
 const NO_BYTES = new Uint8Array(0);
 
 /**
- * Whether `bytes`, from a caller, is really a Uint8Array (of any realm) and
- * usable: not a view of a detached (transferred) buffer, nor one that a
- * resizable buffer's shrinking left out of bounds.
+ * A plain view of the memory of `bytes`, which `who` (the API call, for the
+ * message) took from a caller. Throws `refuse(message)` unless `bytes` really
+ * is a Uint8Array (of any realm) and usable: not a view of a detached
+ * (transferred) buffer, nor one that a resizable buffer's shrinking left out
+ * of bounds.
  */
-function bytesProblem(
-  bytes: unknown,
-): "not a Uint8Array" | "detached or out of bounds" | undefined {
-  if (tagOf.call(bytes) !== "Uint8Array") return "not a Uint8Array";
-  try {
-    setBytes.call(bytes as Uint8Array, NO_BYTES);
-  } catch {
-    return "detached or out of bounds";
+function callerBytes(
+  bytes: Uint8Array,
+  who: string,
+  refuse: (message: string) => Error,
+): Uint8Array {
+  if (typedArrayTag.call(bytes) !== "Uint8Array") {
+    throw refuse(`${who} takes a Uint8Array`);
   }
-  return undefined;
-}
-
-/**
- * A plain view of the memory of `bytes` (which passed bytesProblem): the
- * platform hands a body's address and `length` to the kernel, so a subclass
- * or an own property that lies about `length` would have it read past the
- * buffer.
- */
-function plainView(bytes: Uint8Array): Uint8Array {
+  try {
+    setBytes.call(bytes, NO_BYTES);
+  } catch {
+    throw refuse(`${who}: the Uint8Array is detached or out of bounds`);
+  }
   return new Uint8Array(
     bufferOf.call(bytes),
     byteOffsetOf.call(bytes),
@@ -171,46 +171,20 @@ function plainView(bytes: Uint8Array): Uint8Array {
   );
 }
 
-/** Before a message is taken, so that a bad buffer loses nothing. */
-function checkIntoBuffer(buffer: Uint8Array, method: string): void {
-  const problem = bytesProblem(buffer);
-  if (problem === "not a Uint8Array") {
-    throw new TypeError(`IpcBytesReceiver.${method} takes a Uint8Array`);
-  }
-  if (problem !== undefined) {
-    throw new TypeError(`IpcBytesReceiver.${method}: the buffer is ${problem}`);
-  }
-}
-
-function plainBytesToSend(bytes: Uint8Array): Uint8Array {
-  const problem = bytesProblem(bytes);
-  if (problem === "not a Uint8Array") {
-    throw new IpcError("Serialization", "IpcBytesSender sends a Uint8Array");
-  }
-  if (problem !== undefined) {
-    throw new IpcError(
-      "Serialization",
-      `IpcBytesSender cannot send a Uint8Array that is ${problem}`,
-    );
-  }
-  return plainView(bytes);
-}
+const typeError = (message: string) => new TypeError(message);
+const unsendable = (message: string) => new IpcError("Serialization", message);
 
 /**
- * `message`'s body in `buffer` when it fits (a new view of `buffer`'s memory
- * that holds it), else in a buffer of its own: `message` may be lent (see
- * LEND), so it is never returned as is. `buffer` passed checkIntoBuffer.
+ * `message`'s body in `buffer` (a plain view from callerBytes) when it fits,
+ * else in a buffer of its own: `message` may be lent (see LEND), so it is
+ * never returned as is.
  */
 function bytesInto(message: OsMessage, buffer: Uint8Array): Uint8Array {
   for (const handle of message.handles) handle.close();
   const data = message.data;
-  if (data.length > lengthOf.call(buffer)) return ownedBytes(data);
-  setBytes.call(buffer, data);
-  return new Uint8Array(
-    bufferOf.call(buffer),
-    byteOffsetOf.call(buffer),
-    data.length,
-  );
+  if (data.length > buffer.length) return ownedBytes(data);
+  buffer.set(data);
+  return buffer.subarray(0, data.length);
 }
 
 /**
@@ -630,7 +604,10 @@ export class IpcBytesSender {
    * ```
    */
   send(bytes: Uint8Array): void {
-    this.#slot.get("sender").send(plainBytesToSend(bytes), []);
+    this.#slot.get("sender").send(
+      callerBytes(bytes, "IpcBytesSender.send", unsendable),
+      [],
+    );
   }
 
   /**
@@ -812,8 +789,13 @@ export class IpcBytesReceiver {
    * ```
    */
   recvSyncInto(buffer: Uint8Array): Uint8Array {
-    checkIntoBuffer(buffer, "recvSyncInto");
-    return bytesInto(this.#slot.get("receiver").recvSync(LEND), buffer);
+    // Checked before the message is taken, so that a bad buffer loses none.
+    const into = callerBytes(
+      buffer,
+      "IpcBytesReceiver.recvSyncInto",
+      typeError,
+    );
+    return bytesInto(this.#slot.get("receiver").recvSync(LEND), into);
   }
 
   /**
@@ -833,10 +815,10 @@ export class IpcBytesReceiver {
    * ```
    */
   tryRecvInto(buffer: Uint8Array): Uint8Array {
-    checkIntoBuffer(buffer, "tryRecvInto");
+    const into = callerBytes(buffer, "IpcBytesReceiver.tryRecvInto", typeError);
     const message = this.#slot.get("receiver").tryRecv(LEND);
     if (message === undefined) throw empty();
-    return bytesInto(message, buffer);
+    return bytesInto(message, into);
   }
 
   /**
@@ -1732,16 +1714,7 @@ export class IpcSharedMemory {
    * ```
    */
   static fromBytes(bytes: Uint8Array): IpcSharedMemory {
-    const problem = bytesProblem(bytes);
-    if (problem === "not a Uint8Array") {
-      throw new TypeError("IpcSharedMemory.fromBytes takes a Uint8Array");
-    }
-    if (problem !== undefined) {
-      throw new TypeError(
-        `IpcSharedMemory.fromBytes: the bytes are ${problem}`,
-      );
-    }
-    const view = plainView(bytes);
+    const view = callerBytes(bytes, "IpcSharedMemory.fromBytes", typeError);
     const os = platform().sharedMemory(view.length);
     if (view.length > 0) os.bytes.set(view);
     return new IpcSharedMemory(os);

@@ -243,3 +243,27 @@ export function ownedBytes(bytes: Uint8Array): Uint8Array {
     ? bytes
     : new Uint8Array(bytes);
 }
+
+/**
+ * The getter `name` of `prototype`, captured at load. Reading a caller's
+ * object through it, not through the object's own properties, ignores
+ * overrides (own properties, subclasses) and sees through imitations.
+ */
+export function intrinsicGetter(
+  prototype: object,
+  name: PropertyKey,
+): (this: unknown) => unknown {
+  return Object.getOwnPropertyDescriptor(prototype, name)!.get!;
+}
+
+/** %TypedArray%.prototype, which every typed array kind inherits. */
+export const typedArrayPrototype = Object.getPrototypeOf(Uint8Array.prototype);
+
+/**
+ * The kind's name ("Uint8Array"…) for a real typed array of any realm, and
+ * undefined for anything else, a Proxy of one included.
+ */
+export const typedArrayTag = intrinsicGetter(
+  typedArrayPrototype,
+  Symbol.toStringTag,
+) as (this: unknown) => string | undefined;

@@ -19,7 +19,7 @@
 // resolves the same from JSR, from a URL, or from a local path.
 import { addExtension, Packr } from "npm:msgpackr@^1.12.1/pack";
 
-import { IpcError } from "../platform/types.ts";
+import { intrinsicGetter, IpcError, typedArrayTag } from "../platform/types.ts";
 
 /** msgpackr's pack() flag: rewind after packing, so the next message reuses
  * the same buffer (its value, 1024, is exported but not in its types). */
@@ -133,15 +133,8 @@ function readTypedArray(data: Uint8Array): unknown {
   throw new Error(`Could not find typed array for code ${code}`);
 }
 
-function getter(
-  prototype: object,
-  name: PropertyKey,
-): (this: unknown) => unknown {
-  return Object.getOwnPropertyDescriptor(prototype, name)!.get!;
-}
-const typedArrayTag = getter(TypedArray.prototype, Symbol.toStringTag);
-const dataViewLength = getter(DataView.prototype, "byteLength");
-const arrayBufferLength = getter(ArrayBuffer.prototype, "byteLength");
+const dataViewLength = intrinsicGetter(DataView.prototype, "byteLength");
+const arrayBufferLength = intrinsicGetter(ArrayBuffer.prototype, "byteLength");
 /** What msgpackr reads of a typed array, DataView or ArrayBuffer it writes. */
 const BINARY_KEYS = ["constructor", "buffer", "byteOffset", "byteLength"];
 
