@@ -473,15 +473,10 @@ export class Codec<Outgoing, Incoming extends Closeable> {
     try {
       // The bytes are sent (or copied into a queue) before the next encode,
       // so one reused buffer serves every message: no garbage per send.
-      const packed = this.#packr.pack(prepared, RESET_BUFFER_MODE);
+      // msgpackr hands out a Node Buffer, whose slice() is a view: platforms
+      // copy a body they keep with the Uint8Array constructor.
       return {
-        // msgpackr hands out a Node Buffer, whose slice() is a view, not the
-        // copy a platform queueing the body expects: give it a plain one.
-        bytes: new Uint8Array(
-          packed.buffer,
-          packed.byteOffset,
-          packed.byteLength,
-        ),
+        bytes: this.#packr.pack(prepared, RESET_BUFFER_MODE),
         handles: this.#outgoing,
       };
     } catch (error) {
