@@ -1562,6 +1562,14 @@ export async function spawn<Send, Recv>(
     } finally {
       options.signal?.removeEventListener("abort", onAbort);
     }
+    try {
+      connection.first.toChild.send(SPAWN_ACK);
+    } catch (error) {
+      // It died right after its hello.
+      connection.first.toChild.close();
+      connection.receiver.close();
+      throw error;
+    }
   } catch (error) {
     kill("SIGKILL");
     await status;
@@ -1569,16 +1577,6 @@ export async function spawn<Send, Recv>(
   }
   const sender = connection.first.toChild as IpcSender<Send>;
   const receiver = connection.receiver as unknown as IpcReceiver<Recv>;
-  try {
-    (sender as IpcSender<unknown>).send(SPAWN_ACK);
-  } catch (error) {
-    // It died right after its hello.
-    sender.close();
-    receiver.close();
-    kill("SIGKILL");
-    await status;
-    throw error;
-  }
   return {
     sender,
     receiver,
