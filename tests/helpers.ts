@@ -5,6 +5,7 @@
  * @module
  */
 
+import { equal } from "node:assert/strict";
 import { settled } from "../platform/mod.ts";
 import { libc } from "../ffi/libc.ts";
 import { LINKED } from "./fixtures/common.ts";
@@ -40,6 +41,36 @@ export function openFds(): number {
     }
   }
   return count;
+}
+
+/** Bytes where every position is checkable and shifts with `seed`. */
+export function pattern(size: number, seed: number): Uint8Array {
+  const data = new Uint8Array(size);
+  let x = seed | 1;
+  for (let i = 0; i < size; i += 4) {
+    x = (x * 1_103_515_245 + 12_345) | 0;
+    data[i] = x >>> 24;
+    if (i + 1 < size) data[i + 1] = x >>> 16;
+    if (i + 2 < size) data[i + 2] = x >>> 8;
+    if (i + 3 < size) data[i + 3] = x;
+  }
+  return data;
+}
+
+/** Compares byte by byte, naming the first byte that differs. */
+export function sameBytes(
+  actual: Uint8Array,
+  expected: Uint8Array,
+  what: string,
+): void {
+  equal(actual.length, expected.length, `${what}: length`);
+  for (let i = 0; i < expected.length; i++) {
+    if (actual[i] !== expected[i]) {
+      throw new Error(
+        `${what}: byte ${i} is ${actual[i]}, expected ${expected[i]}`,
+      );
+    }
+  }
 }
 
 /** Absolute path of a fixture under tests/fixtures/. */

@@ -14,35 +14,11 @@ import {
   finish,
   ipcError,
   openFds,
+  pattern,
+  sameBytes,
   settled,
   startLinked,
 } from "./helpers.ts";
-
-/** Bytes where every position is checkable and shifts with `seed`. */
-function pattern(size: number, seed: number): Uint8Array {
-  const data = new Uint8Array(size);
-  let x = seed | 1;
-  for (let i = 0; i < size; i++) {
-    x = (x * 1_103_515_245 + 12_345) | 0;
-    data[i] = x >>> 24;
-  }
-  return data;
-}
-
-function sameBytes(
-  actual: Uint8Array,
-  expected: Uint8Array,
-  what: string,
-): void {
-  equal(actual.length, expected.length, `${what}: length`);
-  for (let i = 0; i < expected.length; i++) {
-    if (actual[i] !== expected[i]) {
-      throw new Error(
-        `${what}: byte ${i} is ${actual[i]}, expected ${expected[i]}`,
-      );
-    }
-  }
-}
 
 const KiB = 1024;
 
